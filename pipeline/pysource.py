@@ -1,0 +1,279 @@
+"""Static analysis of Python source files for seed extraction (stdlib only).
+
+`extract_functions` parses a file once and returns every top-level function
+whose body opens with a docstring, with the facts the seed filters need
+precomputed on a frozen `FunctionInfo`: line range, argument count, whether
+it returns a value, which modules it uses, whether it holds a TODO marker.
+The seeds stage then filters with plain attribute checks; nothing re-parses.
+
+Line numbers follow `ast` (1-based). Source text is sliced from the file's
+lines, so `FunctionInfo.code` is the function exactly as written, except that
+line endings are normalised to ``\\n``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_BANNED_MODULES",
+    "FunctionInfo",
+    "UnparsableSource",
+    "extract_functions",
+    "has_todo_marker",
+    "uses_banned_module",
+]
+
+#: Modules whose use disqualifies a seed in the paper's recipe (DESIGN.md).
+DEFAULT_BANNED_MODULES: frozenset[str] = frozenset(
+    {"os", "sys", "subprocess", "argparse", "setuptools", "distutils", "matplotlib", "seaborn"}
+)
+
+_TODO_RE = re.compile(r"\b(?:todo|fixme|bugs?)\b", re.IGNORECASE)
+
+# Nodes that open a new scope: a `return` inside them is not the outer
+# function's return.
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+class UnparsableSource(ValueError):
+    """The source does not parse as Python (syntax error, null bytes, too deep).
+
+    The original exception is chained as ``__cause__``.
+    """
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    """One top-level function with a docstring, plus precomputed facts.
+
+    Fields:
+        name: the function's name.
+        code: its exact source, decorators included (top-level, so no dedent).
+        docstring: `ast.get_docstring` of the function (cleaned).
+        lineno: first line, counting decorators (1-based).
+        end_lineno: last line of the function (1-based, inclusive).
+        num_lines: ``end_lineno - lineno + 1``.
+        num_args: positional-only + regular + keyword-only parameters, plus
+            one each for ``*args`` and ``**kwargs`` when present.
+        is_async: defined with ``async def``.
+        returns_value: its own body (not nested defs, lambdas or classes) has a
+            ``return <expr>`` whose value is not the literal ``None``.
+        is_generator: its own body contains ``yield`` / ``yield from``.
+        modules: top-level names of the modules the function uses: modules it
+            imports anywhere inside itself, plus file-level imports whose bound
+            name it references (``import numpy as np`` + ``np.zeros`` gives
+            ``numpy``; ``from os import path`` + ``path`` gives ``os``). A
+            file-level ``from M import *`` counts as used by every function.
+            Relative imports are ignored.
+    """
+
+    name: str
+    code: str
+    docstring: str
+    lineno: int
+    end_lineno: int
+    num_lines: int
+    num_args: int
+    is_async: bool
+    returns_value: bool
+    is_generator: bool
+    modules: frozenset[str]
+
+    @property
+    def has_todo(self) -> bool:
+        """True when the code holds a TODO / FIXME / bug marker (see `has_todo_marker`)."""
+        return has_todo_marker(self.code)
+
+
+def has_todo_marker(code: str) -> bool:
+    """Return True if `code` contains the word TODO, FIXME, bug or bugs.
+
+    Case-insensitive whole-word match: ``# todo:``, ``FIXME`` and ``a bug``
+    match; ``debug``, ``debugger``, ``bugfix`` and ``todos`` do not.
+    """
+    return _TODO_RE.search(code) is not None
+
+
+def uses_banned_module(info: FunctionInfo, banned: Iterable[str] = DEFAULT_BANNED_MODULES) -> bool:
+    """Return True if the function uses any module in `banned` (top-level names)."""
+    banned_set = banned if isinstance(banned, (set, frozenset)) else frozenset(banned)
+    return not info.modules.isdisjoint(banned_set)
+
+
+def _top_module(dotted: str) -> str:
+    return dotted.partition(".")[0]
+
+
+def _file_import_bindings(tree: ast.Module) -> tuple[dict[str, str], frozenset[str]]:
+    """Names bound by file-level imports -> top-level module; plus star-imported modules.
+
+    File level means module statements and compound statements nested in them
+    (``if``, ``try``, ``with``, loops), but not function or class bodies.
+    """
+    bindings: dict[str, str] = {}
+    star: set[str] = set()
+    stack: list[ast.stmt] = list(tree.body)
+    while stack:
+        stmt = stack.pop()
+        if isinstance(stmt, ast.Import):
+            for alias in stmt.names:
+                if alias.asname:
+                    bindings[alias.asname] = _top_module(alias.name)
+                else:
+                    top = _top_module(alias.name)
+                    bindings[top] = top
+        elif isinstance(stmt, ast.ImportFrom):
+            if stmt.level or not stmt.module:
+                continue
+            top = _top_module(stmt.module)
+            for alias in stmt.names:
+                if alias.name == "*":
+                    star.add(top)
+                else:
+                    bindings[alias.asname or alias.name] = top
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        else:
+            # Compound statements: descend into their statement lists only.
+            for field in ("body", "orelse", "finalbody"):
+                block = getattr(stmt, field, None)
+                if block:
+                    stack.extend(block)
+            handlers = getattr(stmt, "handlers", None)
+            if handlers:
+                for handler in handlers:
+                    stack.extend(handler.body)
+            cases = getattr(stmt, "cases", None)
+            if cases:
+                for case in cases:
+                    stack.extend(case.body)
+    return bindings, frozenset(star)
+
+
+def _analyse_function(
+    node: ast.FunctionDef | ast.AsyncFunctionDef,
+    bindings: dict[str, str],
+    star_modules: frozenset[str],
+) -> tuple[bool, bool, frozenset[str]]:
+    """One walk over the function: (returns_value, is_generator, modules)."""
+    returns_value = False
+    is_generator = False
+    modules: set[str] = set(star_modules)
+    # (node, inside a nested scope?) -- decorators, defaults and annotations
+    # are evaluated outside the body, so they never count as the body's return.
+    stack: list[tuple[ast.AST, bool]] = [(n, False) for n in node.body]
+    stack.extend((n, True) for n in node.decorator_list)
+    stack.append((node.args, True))
+    if node.returns is not None:
+        stack.append((node.returns, True))
+    iter_children = ast.iter_child_nodes
+    while stack:
+        cur, nested = stack.pop()
+        cls = type(cur)
+        if cls is ast.Name:
+            mod = bindings.get(cur.id)  # type: ignore[attr-defined]
+            if mod is not None:
+                modules.add(mod)
+            continue
+        if cls is ast.Return:
+            value = cur.value  # type: ignore[attr-defined]
+            if not nested and value is not None and not (
+                type(value) is ast.Constant and value.value is None
+            ):
+                returns_value = True
+        elif cls is ast.Yield or cls is ast.YieldFrom:
+            if not nested:
+                is_generator = True
+        elif cls is ast.Import:
+            for alias in cur.names:  # type: ignore[attr-defined]
+                modules.add(_top_module(alias.name))
+            continue
+        elif cls is ast.ImportFrom:
+            if not cur.level and cur.module:  # type: ignore[attr-defined]
+                modules.add(_top_module(cur.module))  # type: ignore[attr-defined]
+            continue
+        child_nested = nested or isinstance(cur, _SCOPES)
+        for child in iter_children(cur):
+            stack.append((child, child_nested))
+    return returns_value, is_generator, frozenset(modules)
+
+
+def _normalise_newlines(source: str) -> str:
+    if "\r" in source:
+        source = source.replace("\r\n", "\n").replace("\r", "\n")
+    return source
+
+
+def extract_functions(source: str) -> list[FunctionInfo]:
+    """Return the top-level functions of `source` whose body opens with a docstring.
+
+    Only direct children of the module count: methods, nested functions and
+    functions defined under ``if``/``try`` blocks are skipped, as are
+    functions without a docstring (a ``str`` constant as first statement).
+    The file is parsed once. A leading BOM is ignored.
+
+    Raises:
+        UnparsableSource: the source does not parse (a `ValueError`).
+    """
+    source = _normalise_newlines(source)
+    if source.startswith("\ufeff"):
+        source = source[1:]
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise UnparsableSource(f"source does not parse: {exc}") from exc
+
+    candidates = []
+    for node in tree.body:
+        if type(node) not in _DEFS:
+            continue
+        body = node.body  # type: ignore[attr-defined]
+        first = body[0]
+        if (
+            type(first) is ast.Expr
+            and type(first.value) is ast.Constant
+            and type(first.value.value) is str
+        ):
+            candidates.append(node)
+    if not candidates:
+        return []
+
+    lines = source.split("\n")
+    bindings, star_modules = _file_import_bindings(tree)
+    out: list[FunctionInfo] = []
+    for node in candidates:
+        start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+        # A decorator expression may start on a line after its "@" (via "\").
+        while start > 1 and not lines[start - 1].lstrip().startswith(("@", "def", "async")):
+            start -= 1
+        end = node.end_lineno or node.lineno
+        args = node.args
+        num_args = (
+            len(args.posonlyargs)
+            + len(args.args)
+            + len(args.kwonlyargs)
+            + (args.vararg is not None)
+            + (args.kwarg is not None)
+        )
+        returns_value, is_generator, modules = _analyse_function(node, bindings, star_modules)
+        out.append(
+            FunctionInfo(
+                name=node.name,
+                code="\n".join(lines[start - 1 : end]),
+                docstring=ast.get_docstring(node, clean=True) or "",
+                lineno=start,
+                end_lineno=end,
+                num_lines=end - start + 1,
+                num_args=num_args,
+                is_async=isinstance(node, ast.AsyncFunctionDef),
+                returns_value=returns_value,
+                is_generator=is_generator,
+                modules=modules,
+            )
+        )
+    return out
