@@ -1,0 +1,235 @@
+"""Local batched generation with Hugging Face transformers (the CPU path for tests and the demo).
+
+* Loads a model directory, a Hub id (only where the Hub is reachable), a
+  ``.gguf`` file (converted once to a safetensors cache, see
+  :mod:`pipeline.llm.models`) or ``gemma3-270m-gguf``.
+* Prompts are sorted by length and cut into batches of at most
+  ``batch_size`` sequences (``n`` copies of a prompt count as ``n``), left
+  padded with an attention mask.
+* ``temperature == 0`` is greedy (one sequence per prompt, copied ``n`` times);
+  otherwise plain temperature + top-p sampling, no top-k, as vLLM and OpenAI
+  servers do by default.
+* Stop strings stop a row early through transformers' ``stop_strings``
+  support; the text is then cut before the first stop string post hoc.
+* Reproducibility: with a seed, each batch samples from a torch RNG seeded
+  with the seed and the hash of that batch's prompts, inside a forked RNG
+  state (the global RNG is untouched). The same call gives the same outputs;
+  regrouping prompts into other batches may change them (padding changes the
+  arithmetic slightly on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
+from pipeline.llm.config import LLMConfig
+from pipeline.llm.models import ensure_gguf_cached, is_gguf, resolve_model
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_MIN_BATCHES = 4
+
+
+class TransformersBackend(Backend):
+    """Generation with a local transformers causal LM, batched, on CPU or GPU."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if config.backend != "transformers":
+            raise ValueError(f"TransformersBackend needs backend='transformers', got {config.backend!r}")
+        self.config = config
+        self.device = _pick_device(config.device)
+        source = resolve_model(config.model)
+        if is_gguf(source):
+            source = str(ensure_gguf_cached(source, config.resolved_cache_dir(), config.dtype))
+        self.source = source
+        dtype: Any = "auto"
+        if config.dtype != "auto":
+            dtype = getattr(torch, config.dtype)
+        elif self.device.type == "cpu":
+            dtype = torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or source)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        except OSError as e:
+            raise BackendError(f"cannot load model {config.model!r} from {source!r}: {_one_line(e)}") from e
+        self.model.to(self.device)
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._pad_id = self.tokenizer.pad_token_id
+
+    # -- public API -------------------------------------------------------
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Complete raw text prompts; ``params.n`` completions each, in prompt order."""
+        return self._run(prompts, params, add_special_tokens=True)
+
+    def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        """Render each conversation with the tokenizer's chat template (generation prompt added) and complete it."""
+        if not self.tokenizer.chat_template:
+            raise BackendError(
+                f"model {self.config.model!r} has no chat template (a base model?): use generate() with text prompts"
+            )
+        prompts = [
+            self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+            for conv in conversations
+        ]
+        # The template already holds any BOS token: don't add another.
+        return self._run(prompts, params, add_special_tokens=False)
+
+    def close(self) -> None:
+        """Drop the model and free accelerator memory."""
+        if getattr(self, "model", None) is None:
+            return
+        self.model = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+    # -- internals --------------------------------------------------------
+
+    def _run(self, prompts: list[str], params: SamplingParams, *, add_special_tokens: bool) -> list[list[Completion]]:
+        if self.model is None:
+            raise BackendError("backend is closed")
+        if not prompts:
+            return []
+        seqs_per_prompt = 1 if params.greedy else params.n
+        per_batch = max(1, self.config.batch_size // seqs_per_prompt)
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        batches = [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
+
+        results: list[list[Completion]] = [[] for _ in prompts]
+        progress = None
+        if self.config.show_progress and len(batches) >= _PROGRESS_MIN_BATCHES:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(prompts), desc="generate", unit="prompt")
+        try:
+            for batch in batches:
+                outs = self._generate_batch([prompts[i] for i in batch], params, add_special_tokens)
+                for i, completions in zip(batch, outs):
+                    results[i] = completions
+                if progress is not None:
+                    progress.update(len(batch))
+        finally:
+            if progress is not None:
+                progress.close()
+        return results
+
+    def _generate_batch(
+        self, prompts: list[str], params: SamplingParams, add_special_tokens: bool
+    ) -> list[list[Completion]]:
+        import torch
+        from transformers import GenerationConfig
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        per_prompt = 1 if params.greedy else params.n
+        gen = GenerationConfig(
+            max_new_tokens=params.max_tokens,
+            do_sample=not params.greedy,
+            num_return_sequences=per_prompt,
+            eos_token_id=sorted(self._eos_ids) or None,
+            pad_token_id=self._pad_id,
+            stop_strings=list(params.stop) or None,
+        )
+        if not params.greedy:
+            gen.temperature = params.temperature
+            gen.top_p = params.top_p
+            gen.top_k = 0
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(_batch_seed(params.seed, prompts))
+            out = self.model.generate(**enc, generation_config=gen, tokenizer=self.tokenizer)
+        prompt_len = enc["input_ids"].shape[1]
+        new_tokens = out[:, prompt_len:].tolist()
+        prompt_ids = [
+            [t for t, m in zip(ids, mask) if m]
+            for ids, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())
+        ]
+        results: list[list[Completion]] = []
+        for p, ids in enumerate(prompt_ids):
+            rows = new_tokens[p * per_prompt : (p + 1) * per_prompt]
+            completions = [self._completion(ids, row, params) for row in rows]
+            if per_prompt == 1 and params.n > 1:
+                completions = completions * params.n
+            results.append(completions)
+        return results
+
+    def _completion(self, prompt_ids: list[int], row: list[int], params: SamplingParams) -> Completion:
+        """Turn one row of generated ids into a Completion (EOS / stop string / length)."""
+        ended = False
+        for k, t in enumerate(row):
+            if t in self._eos_ids:
+                row, ended = row[:k], True
+                break
+        else:
+            real = len(row)
+            while real and row[real - 1] == self._pad_id:
+                real -= 1
+            # Rows stopped early (stop string) are padded to the batch's length.
+            ended = real < params.max_tokens
+            row = row[:real]
+        return finalize(self._decode_continuation(prompt_ids, row), params.stop, ended_by_model=ended)
+
+    def _decode_continuation(self, prompt_ids: list[int], new_ids: list[int]) -> str:
+        """Decode new tokens in the context of the prompt, so word-start spaces survive."""
+        tok = self.tokenizer
+        head = tok.decode(prompt_ids, skip_special_tokens=True)
+        full = tok.decode(prompt_ids + new_ids, skip_special_tokens=True)
+        if full.startswith(head):
+            return full[len(head) :]
+        return tok.decode(new_ids, skip_special_tokens=True)
+
+
+def _pick_device(device: str):
+    """Resolve 'auto' to cuda when available, else cpu."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise BackendError(f"unknown device {device!r}: {_one_line(e)}") from e
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """All token ids that end a sequence: the generation config's plus the tokenizer's."""
+    ids: set[int] = set()
+    cfg_eos = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(cfg_eos, int):
+        ids.add(cfg_eos)
+    elif cfg_eos:
+        ids.update(int(i) for i in cfg_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _batch_seed(seed: int, prompts: list[str]) -> int:
+    """A per-batch seed from the call's seed and the batch's prompts."""
+    h = hashlib.sha256(str(seed).encode())
+    for p in prompts:
+        h.update(b"\x00")
+        h.update(p.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(e).split())
