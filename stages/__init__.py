@@ -1,0 +1,21 @@
+"""The stages of the SelfCodeAlign method, in pipeline order.
+
+Each built stage lives in its own module named as on the command line; the
+ones not built yet are listed with the issue that tracks them, so ``--help``
+and ``--status`` show the whole method and asking one to run says so plainly.
+"""
+
+from pipeline.stage import PlannedStage
+from stages.seeds import SeedsStage
+
+PIPELINE = [
+    SeedsStage,
+    PlannedStage("concepts", "Concepts named by the model for each seed (S->C)", "seeds", 4),
+    PlannedStage("instructions", "An instruction written from each seed's concepts (C->I)", "concepts", 4),
+    PlannedStage("responses", "n responses with their own tests for each instruction (I->R)", "instructions", 4),
+    PlannedStage("execute", "Each response run with its tests in the Docker sandbox", "responses", 3),
+    PlannedStage("dedup", "Passing responses: one per instruction, exact and MinHash near-dedup, decontaminated",
+                 "execute", 5),
+    PlannedStage("finetune", "Supervised fine-tuning with Adafactor, loss on the answers only", "dedup", 6),
+    PlannedStage("evaluate", "HumanEval pass@1 in the sandbox, base vs fine-tuned", "finetune", 7),
+]

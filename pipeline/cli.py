@@ -1,0 +1,111 @@
+"""The command line: ``python run_pipeline.py --stage all | <stage> ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.config import build_config_model, load_config
+from pipeline.errors import PipelineError
+from pipeline.progress import setup_logging
+from pipeline.stage import PlannedStage, Stage
+from pipeline.summary import status_table
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+def _stage_list(registry: Sequence[type[Stage] | PlannedStage]) -> str:
+    """The epilog of --help: every stage in order, with what it does and whether it is built."""
+    lines = ["stages, in order:"]
+    for entry in registry:
+        note = f"  [not built yet: issue #{entry.issue}]" if isinstance(entry, PlannedStage) else ""
+        lines.append(f"  {entry.name:<13} {entry.title}{note}")
+    lines.append("")
+    lines.append("examples:")
+    lines.append("  python run_pipeline.py --config configs/demo.yaml --stage all")
+    lines.append("  python run_pipeline.py --config configs/demo.yaml --stage seeds -o stages.seeds.max_seeds=100")
+    lines.append("  python run_pipeline.py --config configs/demo.yaml --status")
+    return "\n".join(lines)
+
+
+def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.ArgumentParser:
+    """The argument parser; its epilog lists every stage."""
+    names = [entry.name for entry in registry]
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="SelfCodeAlign pipeline: a base code model teaches itself to follow instructions "
+        "from its own verified outputs.",
+        epilog=_stage_list(registry),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"YAML recipe (default: {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="set any config key, e.g. -o stages.seeds.max_seeds=100 (repeatable; values parse as YAML)",
+    )
+    parser.add_argument("--stage", "-s", choices=["all", *names], help="run every stage not done ('all') or one stage")
+    parser.add_argument("--from", dest="start", choices=names, metavar="STAGE", help="first stage of a range")
+    parser.add_argument("--to", dest="end", choices=names, metavar="STAGE", help="last stage of a range")
+    parser.add_argument("--force", action="store_true", help="rerun the selected stages even when done")
+    parser.add_argument(
+        "--input", "-i", metavar="PATH",
+        help="feed the (first) selected stage from a Parquet/JSONL file, a folder of them, or a Hub dataset id",
+    )
+    parser.add_argument("--status", action="store_true", help="print every stage's state, rows, drops and time")
+    parser.add_argument(
+        "--publish-dry-run", metavar="DIR", type=Path,
+        help="write exactly what publishing the selected (done) stages would upload into DIR",
+    )
+    parser.add_argument("--publish", action="store_true", help="push the selected done stages to the Hub (hub.*)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="console log level")
+    return parser
+
+
+def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, validate the config, and run, report or publish; return the exit code."""
+    parser = build_parser(registry)
+    args = parser.parse_args(argv)
+    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish):
+        parser.print_help()
+        return 0
+    from pipeline.runner import Runner
+
+    try:
+        stage_configs = {e.name: e.Config for e in registry if not isinstance(e, PlannedStage)}
+        model = build_config_model(stage_configs, _model_config_class())
+        config = load_config(args.config, model, args.override)
+        runner = Runner(config, registry)
+        if args.status:
+            print(status_table(runner.states()))
+            return 0
+        names = runner.select(args.stage, args.start, args.end)
+        log_path = setup_logging(config.run.work_dir, args.log_level)
+        log = logging.getLogger("pipeline")
+        log.info("config %s, work dir %s, log %s", args.config, config.run.work_dir, log_path)
+        if args.stage or args.start or args.end:
+            runner.run(names, force=args.force, input_override=args.input)
+        publishing = args.publish or (config.hub.namespace and (args.stage or args.start or args.end))
+        if args.publish_dry_run or publishing:
+            from pipeline.hub import publish
+
+            built = [n for n in names if not isinstance(runner.entry(n), PlannedStage)]
+            publish(runner, built, dry_run_dir=args.publish_dry_run)
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every committed batch is kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _model_config_class():
+    """The generation backend's config class, when the llm package provides one."""
+    try:
+        from pipeline.llm.config import LLMConfig
+    except ImportError:
+        return None
+    return LLMConfig

@@ -1,0 +1,116 @@
+"""Drive a map stage: batch its input, skip what is committed, run, commit in order, count.
+
+Batches are consecutive runs of ``batch_size`` input rows in the input's fixed
+order, so a resumed run forms exactly the batches the first run formed; a
+batch whose ids are all committed is skipped whole. Results are committed
+in input order, so the committed parts are always a prefix of the batches
+(which also makes ``output_limit`` deterministic: the first N kept rows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Iterator
+
+from pipeline.context import StageContext
+from pipeline.ids import stable_id
+from pipeline.inputs import InputSource
+from pipeline.progress import progress
+from pipeline.stage import MapStage
+from pipeline.store import CommitLog
+
+LIMIT_REASON = "over_limit"
+
+
+def _batches(
+    source: InputSource, size: int, done: set[str], bar, duplicates: Counter
+) -> Iterator[list[dict]]:
+    """Chunks of not-yet-committed rows; duplicate ids (after the first) are counted and skipped."""
+    seen: set[str] = set()
+    chunk: list[dict] = []
+
+    def flush() -> list[dict]:
+        todo = [r for r in chunk if r["id"] not in done]
+        bar.update(len(chunk) - len(todo))
+        return todo
+
+    for row in source.iter_rows():
+        rid = row["id"]
+        if rid in seen:
+            duplicates["duplicate_input_id"] += 1
+            continue
+        seen.add(rid)
+        chunk.append(row)
+        if len(chunk) >= size:
+            todo = flush()
+            chunk = []
+            if todo:
+                yield todo
+    if chunk:
+        todo = flush()
+        if todo:
+            yield todo
+
+
+def run_map_stage(stage: MapStage, ctx: StageContext, source: InputSource) -> dict:
+    """Run every uncommitted batch of ``stage`` and return the manifest fields for its output."""
+    store = ctx.store
+    store.remove_leftovers()
+    log = store.commit_log()
+    size = stage.config.batch_size or ctx.pipeline_config.run.batch_size
+    limit = stage.output_limit()
+    kept = log.rows
+    duplicates: Counter = Counter()
+    keep_dropped = ctx.pipeline_config.run.keep_dropped
+    if log.parts:
+        stage.log.info(
+            "%s: resuming: %d input rows already committed in %d parts", stage.name, len(log.input_ids), log.parts
+        )
+    if limit is None or kept < limit:
+        bar = progress(total=source.count(), desc=stage.name, unit="rows")
+        bar.update(0)
+        try:
+            batches = _batches(source, size, log.input_ids, bar, duplicates)
+            for batch, result, seconds in ctx.executor.map_ordered(stage, batches):
+                rows, dropped = result.rows, result.dropped
+                if limit is not None and kept + len(rows) > limit:
+                    over = rows[limit - kept :]
+                    rows = rows[: limit - kept]
+                    dropped = dropped + [{**r, "drop_reason": LIMIT_REASON} for r in over]
+                ids = [r["id"] for r in batch]
+                stats = Counter(result.stats)
+                stats["batch_seconds_x1000"] += int(seconds * 1000)
+                store.write_batch(
+                    stable_id(*ids), rows, stage.output_schema(), dropped, ids, stats, keep_dropped=keep_dropped
+                )
+                kept += len(rows)
+                bar.update(len(batch))
+                bar.set_postfix(kept=kept, refresh=False)
+                if limit is not None and kept >= limit:
+                    stage.log.info("%s: reached the limit of %d rows; stopping early", stage.name, limit)
+                    break
+        finally:
+            bar.close()
+    return manifest_fields(store.commit_log(), duplicates)
+
+
+def manifest_fields(log: CommitLog, duplicates: Counter | None = None) -> dict:
+    """The counting part of a manifest, summed from the committed parts."""
+    stats = Counter(log.stats)
+    batch_seconds = stats.pop("batch_seconds_x1000", 0) / 1000
+    if duplicates:
+        stats.update(duplicates)
+    return {
+        "rows_in": len(log.input_ids),
+        "rows_out": log.rows,
+        "dropped": dict(sorted(log.dropped.items())),
+        "stats": dict(sorted(stats.items())),
+        "parts": log.parts,
+        "batch_seconds": round(batch_seconds, 3),
+    }
+
+
+def elapsed_since(start: float) -> float:
+    """Seconds since ``start`` (a ``time.time()`` value), rounded."""
+    return round(time.time() - start, 3)

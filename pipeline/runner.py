@@ -1,0 +1,242 @@
+"""Order the stages, decide what is done / interrupted / stale / missing, and run what is asked.
+
+A stage is *done* when its manifest exists, its fingerprint (its config, the
+run seed, the model settings it uses, its prompt files, its code version)
+matches the current one, and the input it read is unchanged (the upstream
+stage's output digest, or the ``--input`` it was given). A stage with parts
+but no manifest is *interrupted* and resumes; any other finished stage is
+*stale* and is rerun from scratch, never silently reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pipeline.config import fingerprint_view
+from pipeline.context import StageContext
+from pipeline.errors import PipelineError, StageNotBuiltError
+from pipeline.executors import create_executor
+from pipeline.map_runner import elapsed_since, run_map_stage
+from pipeline.stage import MapStage, PlannedStage, Stage, WholeStage
+from pipeline.store import StageStore
+from pipeline.summary import stage_summary
+
+log = logging.getLogger("pipeline.runner")
+
+DONE, INTERRUPTED, STALE, MISSING, NOT_BUILT = "done", "interrupted", "stale", "missing", "not built"
+
+
+@dataclass
+class StageState:
+    """The state of one stage in the work dir, and why."""
+
+    name: str
+    state: str
+    why: str = ""
+    manifest: dict | None = field(default=None, repr=False)
+
+
+def _file_digest(path) -> str:
+    """sha256 of a file's bytes (short)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _input_still_exists(spec: str) -> bool:
+    """Whether an --input given earlier can still be read (a local path that exists, or a Hub id)."""
+    from pathlib import Path
+
+    from pipeline.inputs import HUB_ID
+
+    return Path(spec).exists() or bool(HUB_ID.match(spec))
+
+
+class Runner:
+    """Runs the stages of one pipeline config over one work dir."""
+
+    def __init__(self, config: Any, registry: Sequence[type[Stage] | PlannedStage]):
+        self.config = config
+        self.registry = list(registry)
+        self.by_name = {entry.name: entry for entry in self.registry}
+        self.order = [entry.name for entry in self.registry]
+
+    # -- lookup --------------------------------------------------------------
+    def entry(self, name: str) -> type[Stage] | PlannedStage:
+        """The registry entry of a stage; an unknown name is a one-line error listing the stages."""
+        if name not in self.by_name:
+            raise PipelineError(f"unknown stage {name!r}; stages are: {', '.join(self.order)}")
+        return self.by_name[name]
+
+    def stage(self, name: str) -> Stage:
+        """An instance of a built stage, configured from the pipeline config."""
+        entry = self.entry(name)
+        if isinstance(entry, PlannedStage):
+            raise StageNotBuiltError(
+                f"stage {name} is not built yet (tracked in issue #{entry.issue}); nothing was run for it"
+            )
+        return entry(getattr(self.config.stages, name), self.config)
+
+    def store(self, name: str) -> StageStore:
+        """The output folder of a stage."""
+        return StageStore(self.config.run.work_dir, name)
+
+    # -- fingerprints and states ---------------------------------------------
+    def fingerprint(self, stage: Stage) -> str:
+        """Hash of everything that decides the stage's output, apart from its input."""
+        payload: dict[str, Any] = {
+            "stage": stage.name,
+            "version": stage.version,
+            "config": fingerprint_view(stage.config),
+            "seed": self.config.run.seed,
+        }
+        if stage.uses_model:
+            model = getattr(self.config, "model", None)
+            payload["model"] = fingerprint_view(model) if model is not None else None
+        payload["files"] = {str(p): _file_digest(p) for p in stage.fingerprint_files()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def states(self) -> list[StageState]:
+        """The state of every stage, in pipeline order."""
+        memo: dict[str, StageState] = {}
+        return [self.state(name, memo) for name in self.order]
+
+    def state(self, name: str, memo: dict[str, StageState] | None = None) -> StageState:
+        """Decide whether a stage is done, interrupted, stale, missing or not built."""
+        memo = {} if memo is None else memo
+        if name in memo:
+            return memo[name]
+        entry = self.entry(name)
+        store = self.store(name)
+        if isinstance(entry, PlannedStage):
+            result = StageState(name, NOT_BUILT, f"issue #{entry.issue}")
+        else:
+            manifest = store.read_manifest()
+            if manifest is None:
+                result = StageState(name, INTERRUPTED if store.part_paths() else MISSING)
+            else:
+                why = self._staleness(entry, manifest, memo)
+                result = StageState(name, STALE if why else DONE, why or "", manifest)
+        memo[name] = result
+        return result
+
+    def _staleness(self, entry: type[Stage], manifest: dict, memo: dict) -> str | None:
+        """Why a finished stage can no longer be reused, or None when it can."""
+        stage = entry(getattr(self.config.stages, entry.name), self.config)
+        if manifest.get("fingerprint") != self.fingerprint(stage):
+            return "its config, prompts or code changed"
+        source = manifest.get("input", {})
+        if source.get("kind") == "upstream" and entry.upstream:
+            upstream = self.state(entry.upstream, memo)
+            if upstream.state != DONE:
+                return f"upstream {entry.upstream} is {upstream.state}"
+            if upstream.manifest.get("output_digest") != source.get("digest"):
+                return f"upstream {entry.upstream} output changed"
+        elif source.get("kind") in ("source", "path"):
+            spec = source.get("spec")
+            if spec is not None and not _input_still_exists(spec):
+                return None  # the external input is gone; the output it made is kept as it is
+            ctx = StageContext(self.config, entry.name, entry.upstream, executor=None, input_override=spec)
+            if stage.input_source(ctx, spec).digest() != source.get("digest"):
+                return "its input changed"
+        return None
+
+    # -- selection -----------------------------------------------------------
+    def select(self, stage: str | None, start: str | None, end: str | None) -> list[str]:
+        """The stages named by --stage / --from / --to, in pipeline order."""
+        if stage and stage != "all":
+            if start or end:
+                raise PipelineError("--stage NAME cannot be combined with --from/--to")
+            self.entry(stage)
+            return [stage]
+        first = self.order.index(self.entry(start).name) if start else 0
+        last = self.order.index(self.entry(end).name) if end else len(self.order) - 1
+        if first > last:
+            raise PipelineError(f"--from {start} comes after --to {end} in the pipeline")
+        return self.order[first : last + 1]
+
+    def _model_config(self, stage: Stage) -> dict:
+        """The model section for a manifest, for stages that use the model."""
+        model = getattr(self.config, "model", None)
+        if not stage.uses_model or model is None:
+            return {}
+        return {"model": json.loads(model.model_dump_json())}
+
+    # -- running -------------------------------------------------------------
+    def run(self, names: list[str], *, force: bool = False, input_override: str | None = None) -> list[dict]:
+        """Run the named stages in order, skipping done ones unless ``force``; return their manifests."""
+        manifests = []  # --input feeds the first selected stage; later ones read their upstream
+        for i, name in enumerate(names):
+            state = self.state(name)
+            if state.state == DONE and not force:
+                log.info("%s: done (fingerprint matches), skipping; use --force to rerun", name)
+                manifests.append(state.manifest)
+                continue
+            if state.state == STALE:
+                log.info("%s: stale (%s): rerunning it", name, state.why)
+            manifests.append(self.run_stage(name, force=force, input_override=input_override if i == 0 else None))
+        return manifests
+
+    def run_stage(self, name: str, *, force: bool = False, input_override: str | None = None) -> dict:
+        """Run one stage (resuming an interrupted run of the same config) and write its manifest."""
+        stage = self.stage(name)
+        entry = self.entry(name)
+        if input_override is None and entry.upstream is not None:
+            upstream = self.state(entry.upstream)
+            if upstream.state != DONE:
+                raise PipelineError(
+                    f"stage {name} reads the output of {entry.upstream}, which is {upstream.state}: "
+                    f"run it first (--stage {entry.upstream} or --from {entry.upstream}) or give --input"
+                )
+        ctx = StageContext(
+            self.config, name, entry.upstream, create_executor(self.config.run), input_override=input_override
+        )
+        source = stage.input_source(ctx, input_override)
+        source.require(list(stage.input_columns), name)
+        ctx.source = source
+        fingerprint = self.fingerprint(stage)
+        digest = source.digest()
+        store = ctx.store
+        info = store.run_info()
+        if force or store.read_manifest() is not None:
+            store.clear()
+        elif info is not None and (info.get("fingerprint"), info.get("input_digest")) != (fingerprint, digest):
+            log.info("%s: the parts on disk belong to another config or input: starting afresh", name)
+            store.clear()
+        input_kind = "path" if input_override is not None else ("upstream" if entry.upstream else "source")
+        store.begin(fingerprint, {"input_digest": digest, "input": source.description})
+        log.info("%s: %s (reading %s)", name, stage.title, source.description)
+        started = time.time()
+        if isinstance(stage, MapStage):
+            fields = run_map_stage(stage, ctx, source)
+        elif isinstance(stage, WholeStage):
+            fields = stage.run(ctx)
+        else:  # pragma: no cover - the registry only holds the two shapes
+            raise PipelineError(f"stage {name} is neither a map stage nor a whole stage")
+        manifest = {
+            "stage": name,
+            "title": stage.title,
+            "fingerprint": fingerprint,
+            "input": {
+                "kind": input_kind,
+                "spec": input_override,
+                "description": source.description,
+                "digest": digest,
+            },
+            **fields,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_seconds": elapsed_since(started),
+            "output_digest": store.output_digest(),
+            "config": {
+                "stage": json.loads(stage.config.model_dump_json()),
+                "seed": self.config.run.seed,
+                **self._model_config(stage),
+            },
+        }
+        store.write_manifest(manifest)
+        for line in stage_summary(manifest, store.dir).splitlines():
+            log.info(line)
+        return manifest

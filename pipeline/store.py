@@ -1,0 +1,261 @@
+"""A stage's output on disk: Parquet parts written atomically, and a manifest written last.
+
+Layout of ``work_dir/<stage>/``::
+
+    part-<key>.parquet        kept rows of one input batch
+    dropped/part-<key>.parquet  dropped rows of the same batch, each with ``drop_reason``
+    _run.json                 the fingerprint the parts belong to (written when the stage starts)
+    manifest.json             written last; its presence means the stage finished
+
+Each kept part records in its Parquet metadata the ids of the input rows its
+batch covered, the drop counts by reason and the stage's counters. That record
+is the commit: a batch is done exactly when its kept part exists, so a rerun
+after a crash skips those input ids and recounts everything from the parts.
+The dropped part is written first; one left without its kept part (a crash
+between the two writes) is removed when the stage resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+
+META_KEY = b"selfcodealign"
+MANIFEST = "manifest.json"
+RUN_FILE = "_run.json"
+
+
+@dataclass
+class CommitLog:
+    """What the committed parts of a stage add up to."""
+
+    input_ids: set[str] = field(default_factory=set)
+    rows: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    stats: Counter = field(default_factory=Counter)
+    parts: int = 0
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Write a Parquet file atomically (temporary name, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
+    """Build an Arrow table from row dicts; without a schema, the union of all rows' keys is used."""
+    if schema is not None:
+        return pa.Table.from_pylist(rows, schema=schema)
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    return pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in rows])
+
+
+class StageStore:
+    """The output folder of one stage."""
+
+    def __init__(self, work_dir: Path, stage: str):
+        self.stage = stage
+        self.dir = Path(work_dir) / stage
+        self.dropped_dir = self.dir / "dropped"
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        """Where the manifest lives."""
+        return self.dir / MANIFEST
+
+    def part_paths(self) -> list[Path]:
+        """Kept part files, in a fixed order (by name)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.glob("part-*.parquet"))
+
+    def dropped_paths(self) -> list[Path]:
+        """Dropped part files, by name."""
+        if not self.dropped_dir.is_dir():
+            return []
+        return sorted(self.dropped_dir.glob("part-*.parquet"))
+
+    def exists(self) -> bool:
+        """Whether the stage has written anything at all."""
+        return self.manifest_path.exists() or bool(self.part_paths())
+
+    # -- run bookkeeping -------------------------------------------------------
+    def begin(self, fingerprint: str, info: dict | None = None) -> None:
+        """Record which fingerprint the parts about to be written belong to."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.dir / RUN_FILE, {"fingerprint": fingerprint, **(info or {})})
+
+    def run_info(self) -> dict | None:
+        """The record written by :meth:`begin`, or None."""
+        path = self.dir / RUN_FILE
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable run record ({exc}); delete it to start the stage afresh") from None
+
+    def clear(self) -> None:
+        """Remove everything the stage wrote (used for --force and for stale stages)."""
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    def remove_leftovers(self) -> int:
+        """Delete temporary files of killed writers and dropped parts without their kept part; return how many."""
+        removed = 0
+        for folder in (self.dir, self.dropped_dir):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp-*"):
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
+        kept = {p.name for p in self.part_paths()}
+        for orphan in self.dropped_paths():
+            if orphan.name not in kept:
+                orphan.unlink()
+                removed += 1
+        return removed
+
+    # -- writing ---------------------------------------------------------------
+    def write_batch(
+        self,
+        key: str,
+        rows: list[dict],
+        schema: pa.Schema,
+        dropped: list[dict],
+        input_ids: list[str],
+        stats: dict[str, int] | None = None,
+        keep_dropped: bool = True,
+    ) -> Path:
+        """Commit one batch: dropped rows first, then the kept part whose metadata records the batch."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"part-{key}.parquet"
+        if dropped and keep_dropped:
+            self.dropped_dir.mkdir(exist_ok=True)
+            _atomic_write_table(self.dropped_dir / name, rows_to_table(dropped))
+        record = {
+            "input_ids": list(input_ids),
+            "rows": len(rows),
+            "dropped": dict(Counter(r["drop_reason"] for r in dropped)),
+            "stats": dict(stats or {}),
+        }
+        try:
+            table = rows_to_table(rows, schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+            raise StoreError(f"stage {self.stage}: a row does not fit the stage's output schema: {exc}") from exc
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(record)})
+        path = self.dir / name
+        _atomic_write_table(path, table)
+        return path
+
+    def write_manifest(self, manifest: dict) -> None:
+        """Write the manifest; this is the last write of a finished stage."""
+        atomic_write_json(self.manifest_path, manifest)
+
+    # -- reading ---------------------------------------------------------------
+    def read_manifest(self) -> dict | None:
+        """The manifest, or None when the stage has not finished."""
+        if not self.manifest_path.exists():
+            return None
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"{self.manifest_path}: corrupted manifest ({exc}); rerun the stage with --force"
+            ) from None
+
+    def part_record(self, path: Path) -> dict:
+        """The commit record stored in a part's metadata (reads only the file footer)."""
+        try:
+            meta = pq.read_metadata(path).metadata or {}
+            return json.loads(meta[META_KEY])
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise StoreError(
+                f"{path}: corrupted part file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "move it away and rerun the stage to redo its batch"
+            ) from None
+
+    def commit_log(self) -> CommitLog:
+        """Sum the records of every committed part."""
+        log = CommitLog()
+        for path in self.part_paths():
+            record = self.part_record(path)
+            log.input_ids.update(record["input_ids"])
+            log.rows += record["rows"]
+            log.dropped.update(record["dropped"])
+            log.stats.update(record["stats"])
+            log.parts += 1
+        return log
+
+    def read_table(self, columns: list[str] | None = None) -> pa.Table:
+        """All kept rows as one Arrow table, parts in name order."""
+        tables = []
+        for path in self.part_paths():
+            try:
+                tables.append(pq.read_table(path, columns=columns))
+            except Exception as exc:
+                raise StoreError(f"{path}: corrupted part file ({type(exc).__name__}); move it away and rerun") from None
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables, promote_options="default").replace_schema_metadata(None)
+
+    def read_dropped(self) -> pa.Table:
+        """All dropped rows (with ``drop_reason``) as one table."""
+        tables = [pq.read_table(p) for p in self.dropped_paths()]
+        if not tables:
+            return pa.table({})
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def iter_rows(self, columns: list[str] | None = None, batch_rows: int = 1024) -> Iterator[dict]:
+        """Stream kept rows as dicts, part by part, without loading the whole stage."""
+        for path in self.part_paths():
+            try:
+                pf = pq.ParquetFile(path)
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+                    yield from batch.to_pylist()
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise StoreError(f"{path}: corrupted part file ({type(exc).__name__}); move it away and rerun") from None
+
+    def output_digest(self) -> str:
+        """A digest of the kept parts' bytes: downstream stages go stale when it changes."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for path in self.part_paths():
+            h.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()[:16]

@@ -1,0 +1,272 @@
+"""seeds: collect seed functions from a code corpus.
+
+Every top-level Python function whose body opens with a docstring is a
+candidate seed. Files that do not parse are counted and skipped. Candidates
+then pass a chain of filters, in the order the config lists them, and the
+first filter a function fails is its drop reason:
+
+* ``returns_value``: the function returns a value (a ``return <expr>`` other than ``None``);
+* ``no_todo``: no TODO, FIXME or "bug" in its source;
+* ``no_banned_imports``: it imports or uses none of os, sys, subprocess, argparse,
+  setuptools, distutils, matplotlib, seaborn (configurable);
+* ``max_lines``: at most 150 lines;
+* ``has_arguments``: at least one argument;
+* ``typechecks``: no error from a pyright-family checker (basedpyright at pyright's
+  standard level), the function checked in its own file so its imports resolve;
+* ``not_benchmark``: not taken from HumanEval prompts or solutions (or other
+  benchmark files listed in ``benchmark_files``);
+* ``docstring_judge`` and ``near_dedup`` (the model-judged docstring filter and
+  MinHash near-dedup at Jaccard 0.5) have their place in the chain and come with
+  issues #4 and #5.
+
+Counts add up: ``functions_found = rows_out + the sum of the function-level drops``
+and ``rows_in = files_parsed + unparseable_file``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from pipeline.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_files
+from pipeline.config import StageConfig, StrictModel
+from pipeline.contamination import BenchmarkIndex
+from pipeline.errors import InputError
+from pipeline.ids import stable_id
+from pipeline.inputs import DATA_SUFFIXES, InputSource
+from pipeline.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
+from pipeline.stage import BatchResult, MapStage
+from pipeline.typecheck import function_has_type_errors, typecheck_sources
+
+FilterName = Literal[
+    "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments",
+    "typechecks", "not_benchmark", "docstring_judge", "near_dedup",
+]
+NOT_BUILT = {"docstring_judge": 4, "near_dedup": 5}
+DEFAULT_FILTERS = [
+    "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments", "not_benchmark", "typechecks",
+]
+BANNED = ["os", "sys", "subprocess", "argparse", "setuptools", "distutils", "matplotlib", "seaborn"]
+
+
+class SourceConfig(StrictModel):
+    """Where the code files come from."""
+
+    kind: Literal["stdlib", "local", "files", "hub"] = Field(
+        default="stdlib",
+        description="stdlib: this interpreter's standard library; local: folders of .py files (paths); "
+        "files: Parquet/JSONL tables of files (paths); hub: a Hub dataset streamed with datasets.",
+    )
+    paths: list[Path] = Field(default_factory=list, description="Folders or files for kind local/files.")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["site-packages/*", "*/site-packages/*"],
+        description="Glob patterns (relative paths) of .py files to skip, for kind stdlib/local.",
+    )
+    dataset: str = Field(default="bigcode/the-stack", description="Hub dataset id, for kind hub.")
+    data_dir: str | None = Field(default="data/python", description="Folder inside the Hub dataset.")
+    split: str = Field(default="train", description="Split of the Hub dataset.")
+    revision: str | None = Field(default=None, description="Revision (commit/tag) of the Hub dataset.")
+    content_column: str = Field(default="content", description="Column holding the file text (files/hub).")
+    path_column: str | None = Field(
+        default="max_stars_repo_path", description="Column holding the file path (files/hub), if any."
+    )
+    max_files: int | None = Field(default=None, gt=0, description="Read at most this many files.")
+
+
+class BenchmarkFile(StrictModel):
+    """A benchmark to decontaminate against: a JSONL file and the text fields holding prompts/solutions."""
+
+    path: Path
+    fields: list[str] = Field(default_factory=lambda: ["prompt", "text", "code"])
+
+
+class SeedsConfig(StageConfig):
+    """Settings of the seeds stage."""
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    filters: list[FilterName] = Field(
+        default_factory=lambda: list(DEFAULT_FILTERS),
+        description="The filter chain, applied in this order; remove a name to switch that filter off.",
+    )
+    banned_imports: list[str] = Field(default_factory=lambda: list(BANNED), description="Modules a seed may not use.")
+    max_lines: int = Field(default=150, gt=0, description="Longest seed function, in lines.")
+    min_args: int = Field(default=1, ge=0, description="Fewest arguments a seed function takes.")
+    benchmark_files: list[BenchmarkFile] = Field(
+        default_factory=list,
+        description="Extra benchmark JSONL files (e.g. MBPP) to decontaminate against, besides HumanEval.",
+    )
+    max_seeds: int | None = Field(default=None, gt=0, description="Stop after this many seeds (first in input order).")
+
+    @field_validator("filters")
+    @classmethod
+    def _built_filters_only(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name in NOT_BUILT:
+                raise ValueError(f"filter {name} is not built yet (tracked in issue #{NOT_BUILT[name]}); remove it")
+        if len(set(value)) != len(value):
+            raise ValueError("a filter is listed twice")
+        return value
+
+
+Candidate = tuple[dict, FunctionInfo]
+"""A candidate seed: the file row it came from and the function."""
+
+
+class SeedsStage(MapStage):
+    """Extract seed functions from code files and filter them."""
+
+    name = "seeds"
+    title = "Seed functions with docstrings, extracted from a code corpus and filtered"
+    upstream = None
+    Config = SeedsConfig
+    parallel = True
+    input_columns = {"path": "file path inside the corpus", "content": "the file's Python source"}
+    output_columns = {
+        "id": (pa.string(), "seed id: hash of the file id, line and source"),
+        "file_id": (pa.string(), "id of the file the seed came from"),
+        "path": (pa.string(), "path of that file in the corpus"),
+        "name": (pa.string(), "function name"),
+        "code": (pa.string(), "the function's source, decorators included"),
+        "docstring": (pa.string(), "the function's docstring"),
+        "lineno": (pa.int32(), "first line of the function in its file"),
+        "num_lines": (pa.int32(), "lines of source"),
+        "num_args": (pa.int32(), "number of arguments"),
+    }
+
+    def __init__(self, config: SeedsConfig, pipeline_config):
+        super().__init__(config, pipeline_config)
+        self._benchmarks: BenchmarkIndex | None = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_benchmarks"] = None
+        return state
+
+    # -- input ---------------------------------------------------------------
+    def input_source(self, ctx, override: str | None) -> InputSource:
+        """The configured corpus, or ``--input`` (a folder of .py files, or Parquet/JSONL of files)."""
+        src = self.config.source
+        if override is not None:
+            path = Path(override)
+            if not path.exists():
+                raise InputError(f"--input {override}: no such file or folder")
+            if path.is_file() and path.suffix in DATA_SUFFIXES or (
+                path.is_dir() and any(p.suffix in DATA_SUFFIXES for p in path.rglob("*"))
+            ):
+                return table_files(path, src.content_column, src.path_column, src.max_files)
+            return LocalCodeFiles([path], src.exclude, src.max_files)
+        if src.kind == "stdlib":
+            return LocalCodeFiles([stdlib_dir()], src.exclude, src.max_files, label=f"Python stdlib {stdlib_dir()}")
+        if src.kind == "local":
+            if not src.paths:
+                raise InputError("stages.seeds.source.paths: give at least one folder for kind local")
+            return LocalCodeFiles(src.paths, src.exclude, src.max_files)
+        if src.kind == "files":
+            if len(src.paths) != 1:
+                raise InputError("stages.seeds.source.paths: give exactly one file or folder for kind files")
+            return table_files(src.paths[0], src.content_column, src.path_column, src.max_files)
+        return hub_files(
+            src.dataset, src.data_dir, src.split, src.revision, src.content_column, src.path_column, src.max_files
+        )
+
+    def output_limit(self) -> int | None:
+        return self.config.max_seeds
+
+    def setup(self) -> None:
+        if "not_benchmark" in self.config.filters and self._benchmarks is None:
+            self._benchmarks = BenchmarkIndex.build([(b.path, b.fields) for b in self.config.benchmark_files])
+
+    # -- the stage -----------------------------------------------------------
+    def process_batch(self, rows: list[dict]) -> BatchResult:
+        """Extract the candidate functions of a batch of files and run them through the filter chain."""
+        result = BatchResult()
+        candidates: list[Candidate] = []
+        for file in rows:
+            try:
+                functions = extract_functions(file["content"])
+            except UnparsableSource:
+                result.drop({"id": file["id"], "path": file["path"]}, "unparseable_file")
+                continue
+            result.count("files_parsed")
+            result.count("functions_found", len(functions))
+            candidates.extend((file, fn) for fn in functions)
+        for name in self.config.filters:
+            passed = FILTERS[name](self, candidates)
+            survivors = []
+            for candidate, ok in zip(candidates, passed):
+                if ok:
+                    survivors.append(candidate)
+                else:
+                    result.drop(seed_row(candidate), name)
+            candidates = survivors
+        for candidate in candidates:
+            result.keep(seed_row(candidate))
+        return result
+
+    # -- filters: each returns one keep/drop decision per candidate ----------
+    def returns_value(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions that return a value."""
+        return [fn.returns_value for _, fn in candidates]
+
+    def no_todo(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions without TODO / FIXME / bug markers."""
+        return [not has_todo_marker(fn.code) for _, fn in candidates]
+
+    def no_banned_imports(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions that neither import nor use a banned module."""
+        banned = set(self.config.banned_imports)
+        return [not (fn.modules & banned) for _, fn in candidates]
+
+    def max_lines(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions of at most ``max_lines`` lines."""
+        return [fn.num_lines <= self.config.max_lines for _, fn in candidates]
+
+    def has_arguments(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions taking at least ``min_args`` arguments."""
+        return [fn.num_args >= self.config.min_args for _, fn in candidates]
+
+    def typechecks(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions with no type error, checking each file of the batch once in one checker run."""
+        files = {file["id"]: file["content"] for file, _ in candidates}
+        names = {fid: f"f{i:05d}.py" for i, fid in enumerate(files)}
+        diagnostics = typecheck_sources({names[fid]: text for fid, text in files.items()}) if files else {}
+        return [
+            not function_has_type_errors(diagnostics.get(names[file["id"]], []), fn.lineno, fn.end_lineno)
+            for file, fn in candidates
+        ]
+
+    def not_benchmark(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions that are not taken from a benchmark's prompts or solutions."""
+        if self._benchmarks is None:
+            self.setup()
+        return [self._benchmarks.contains_benchmark(fn.code) is None for _, fn in candidates]
+
+
+FILTERS: dict[str, Callable[[SeedsStage, list[Candidate]], list[bool]]] = {
+    "returns_value": SeedsStage.returns_value,
+    "no_todo": SeedsStage.no_todo,
+    "no_banned_imports": SeedsStage.no_banned_imports,
+    "max_lines": SeedsStage.max_lines,
+    "has_arguments": SeedsStage.has_arguments,
+    "typechecks": SeedsStage.typechecks,
+    "not_benchmark": SeedsStage.not_benchmark,
+}
+
+
+def seed_row(candidate: Candidate) -> dict:
+    """The output row of a candidate seed."""
+    file, fn = candidate
+    return {
+        "id": stable_id(file["id"], fn.lineno, fn.code),
+        "file_id": file["id"],
+        "path": file["path"],
+        "name": fn.name,
+        "code": fn.code,
+        "docstring": fn.docstring,
+        "lineno": fn.lineno,
+        "num_lines": fn.num_lines,
+        "num_args": fn.num_args,
+    }
