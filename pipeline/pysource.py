@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -109,24 +110,24 @@ def _top_module(dotted: str) -> str:
     return dotted.partition(".")[0]
 
 
-def _file_import_bindings(tree: ast.Module) -> tuple[dict[str, str], frozenset[str]]:
-    """Names bound by file-level imports -> top-level module; plus star-imported modules.
+def _file_import_bindings(tree: ast.Module) -> tuple[dict[str, set[str]], frozenset[str]]:
+    """Names bound by file-level imports -> top-level modules; plus star-imported modules.
+
+    A name may be bound to several modules (``try: import ujson as json``
+    ``except ImportError: import json``); a reference uses all of them.
 
     File level means module statements and compound statements nested in them
     (``if``, ``try``, ``with``, loops), but not function or class bodies.
     """
-    bindings: dict[str, str] = {}
+    bindings: dict[str, set[str]] = {}
     star: set[str] = set()
     stack: list[ast.stmt] = list(tree.body)
     while stack:
         stmt = stack.pop()
         if isinstance(stmt, ast.Import):
             for alias in stmt.names:
-                if alias.asname:
-                    bindings[alias.asname] = _top_module(alias.name)
-                else:
-                    top = _top_module(alias.name)
-                    bindings[top] = top
+                top = _top_module(alias.name)
+                bindings.setdefault(alias.asname or top, set()).add(top)
         elif isinstance(stmt, ast.ImportFrom):
             if stmt.level or not stmt.module:
                 continue
@@ -135,7 +136,7 @@ def _file_import_bindings(tree: ast.Module) -> tuple[dict[str, str], frozenset[s
                 if alias.name == "*":
                     star.add(top)
                 else:
-                    bindings[alias.asname or alias.name] = top
+                    bindings.setdefault(alias.asname or alias.name, set()).add(top)
         elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
         else:
@@ -157,7 +158,7 @@ def _file_import_bindings(tree: ast.Module) -> tuple[dict[str, str], frozenset[s
 
 def _analyse_function(
     node: ast.FunctionDef | ast.AsyncFunctionDef,
-    bindings: dict[str, str],
+    bindings: dict[str, set[str]],
     star_modules: frozenset[str],
 ) -> tuple[bool, bool, frozenset[str]]:
     """One walk over the function: (returns_value, is_generator, modules)."""
@@ -176,9 +177,9 @@ def _analyse_function(
         cur, nested = stack.pop()
         cls = type(cur)
         if cls is ast.Name:
-            mod = bindings.get(cur.id)  # type: ignore[attr-defined]
-            if mod is not None:
-                modules.add(mod)
+            mods = bindings.get(cur.id)  # type: ignore[attr-defined]
+            if mods is not None:
+                modules.update(mods)
             continue
         if cls is ast.Return:
             value = cur.value  # type: ignore[attr-defined]
@@ -224,7 +225,11 @@ def extract_functions(source: str) -> list[FunctionInfo]:
     if source.startswith("\ufeff"):
         source = source[1:]
     try:
-        tree = ast.parse(source)
+        # Invalid escapes etc. warn at parse time; over millions of files that
+        # is noise, not signal.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise UnparsableSource(f"source does not parse: {exc}") from exc
 
