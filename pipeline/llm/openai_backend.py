@@ -1,0 +1,202 @@
+"""Generation through any OpenAI-compatible server (vllm serve, SGLang, TGI, llama.cpp, ...).
+
+* Text prompts go to ``/v1/completions``, conversations to
+  ``/v1/chat/completions``, one request per prompt asking for ``n`` choices.
+* At most ``max_concurrency`` requests are in flight (a thread pool).
+* Retries with exponential backoff (0.5 s doubling, up to 8 s, with jitter; a
+  server's ``Retry-After`` is honoured) on timeouts, connection errors, 408,
+  409, 429 and 5xx come from the official ``openai`` SDK, configured with
+  ``max_retries`` and ``timeout_s``.
+* A server that rejects ``n > 1`` with a 400, or returns fewer choices than
+  asked, gets the missing completions as separate single requests (seeded
+  ``seed + i`` so they differ); after one rejection the backend stops asking
+  for ``n > 1``.
+* Failures raise :class:`BackendError` with one line naming the URL and the
+  model: connection refused, timeout, unknown model (404), authentication
+  (401/403), any other HTTP status.
+* The text is cut at the first stop string even if the server left it in.
+* ``seed`` is passed to the server; whether it makes sampling reproducible is
+  the server's business (vLLM honours it per request).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Callable
+
+from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
+from pipeline.llm.config import LLMConfig
+
+_PROGRESS_MIN_REQUESTS = 16
+
+
+class OpenAIBackend(Backend):
+    """Client of an OpenAI-compatible HTTP server, with bounded concurrency."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        try:
+            import openai
+        except ImportError as e:  # pragma: no cover - openai is a core dependency
+            raise BackendError("the openai backend needs the 'openai' package (pip install openai)") from e
+        if config.backend != "openai":
+            raise ValueError(f"OpenAIBackend needs backend='openai', got {config.backend!r}")
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        api_key = os.environ.get(config.api_key_env) or "EMPTY"
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key,
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
+        )
+        self._n_supported = True
+        self._lock = threading.Lock()
+
+    # -- public API -------------------------------------------------------
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Complete each text prompt via ``/v1/completions``; ``params.n`` completions each."""
+        return self._map(prompts, lambda p, n, seed: self._complete_one(p, params, n, seed), params)
+
+    def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        """Answer each conversation via ``/v1/chat/completions``; ``params.n`` answers each."""
+        return self._map(conversations, lambda c, n, seed: self._chat_one(c, params, n, seed), params)
+
+    def close(self) -> None:
+        """Close the HTTP client's connections."""
+        client, self._client = getattr(self, "_client", None), None
+        if client is not None:
+            client.close()
+
+    # -- internals --------------------------------------------------------
+
+    def _map(self, items: list[Any], call: Callable[[Any, int, int | None], list[Completion]], params: SamplingParams):
+        """Run one logical request per item on the thread pool, in order; first failure cancels the rest."""
+        if self._client is None:
+            raise BackendError("backend is closed")
+        if not items:
+            return []
+        results: list[list[Completion] | None] = [None] * len(items)
+        progress = None
+        if self.config.show_progress and len(items) >= _PROGRESS_MIN_REQUESTS:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(items), desc="generate", unit="prompt")
+        workers = min(self.config.max_concurrency, len(items))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend")
+        try:
+            futures = {pool.submit(self._with_n, call, item, params): i for i, item in enumerate(items)}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    exc = fut.exception()
+                    if exc is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise exc
+                    results[futures[fut]] = fut.result()
+                    if progress is not None:
+                        progress.update(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if progress is not None:
+                progress.close()
+        return [r if r is not None else [] for r in results]
+
+    def _with_n(self, call: Callable[[Any, int, int | None], list[Completion]], item: Any, params: SamplingParams):
+        """Get ``params.n`` completions for one item: one request asking for n, topped up by single requests."""
+        import openai
+
+        got: list[Completion] = []
+        n_rejected = False
+        if params.n > 1 and self._n_supported:
+            try:
+                got = call(item, params.n, params.seed)
+            except openai.BadRequestError:
+                n_rejected = True  # maybe n > 1 itself: a single request tells
+            except openai.OpenAIError as e:
+                raise self._error(e) from None
+        k = len(got)
+        while len(got) < params.n:
+            seed = None if params.seed is None else params.seed + k
+            try:
+                more = call(item, 1, seed)
+            except openai.OpenAIError as e:
+                raise self._error(e) from None
+            if not more:
+                raise BackendError(f"server {self.base_url} returned no choices for model {self.config.model!r}")
+            if n_rejected:
+                with self._lock:
+                    self._n_supported = False  # the server refuses n > 1: ask one at a time from now on
+                n_rejected = False
+            got.extend(more)
+            k += 1
+        return got[: params.n]
+
+    def _sampling_kwargs(self, params: SamplingParams, n: int, seed: int | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.config.model,
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        if seed is not None:
+            kwargs["seed"] = seed
+        return kwargs
+
+    def _complete_one(self, prompt: str, params: SamplingParams, n: int, seed: int | None) -> list[Completion]:
+        resp = self._client.completions.create(prompt=prompt, **self._sampling_kwargs(params, n, seed))
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        return [_to_completion(c.text or "", c.finish_reason, params) for c in choices]
+
+    def _chat_one(self, conversation: Conversation, params: SamplingParams, n: int, seed: int | None):
+        resp = self._client.chat.completions.create(messages=conversation, **self._sampling_kwargs(params, n, seed))
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        return [_to_completion(c.message.content or "", c.finish_reason, params) for c in choices]
+
+    def _error(self, e: Exception) -> BackendError:
+        """Translate an openai SDK error into a one-line BackendError naming the URL and model."""
+        import openai
+
+        url, model = self.base_url, self.config.model
+        body = getattr(e, "body", None)
+        message = body.get("message") if isinstance(body, dict) else None
+        detail = _one_line(str(message or getattr(e, "message", None) or e))
+        if isinstance(e, openai.APITimeoutError):
+            return BackendError(
+                f"request to {url} (model {model!r}) timed out after {self.config.timeout_s:g}s "
+                f"and {self.config.max_retries} retries"
+            )
+        if isinstance(e, openai.APIConnectionError):
+            cause = e.__cause__ or e.__context__
+            reason = _one_line(str(cause)) if cause else detail
+            return BackendError(f"cannot connect to {url} (model {model!r}): {reason}")
+        if isinstance(e, openai.NotFoundError):
+            code = str(body.get("code") or "") if isinstance(body, dict) else ""
+            if "model" in code or "model" in detail.lower():
+                return BackendError(f"model {model!r} not found at {url}: {detail}")
+            return BackendError(f"{url} answered 404 for model {model!r} (does base_url end in /v1?): {detail}")
+        if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            return BackendError(
+                f"authentication failed at {url} (HTTP {e.status_code}, model {model!r}); "
+                f"check ${self.config.api_key_env}: {detail}"
+            )
+        if isinstance(e, openai.APIStatusError):
+            return BackendError(f"{url} answered HTTP {e.status_code} for model {model!r}: {detail}")
+        return BackendError(f"request to {url} (model {model!r}) failed: {type(e).__name__}: {detail}")
+
+
+def _to_completion(text: str, finish_reason: str | None, params: SamplingParams) -> Completion:
+    """Map a server choice to a Completion: 'length' stays, anything else ended on its own."""
+    return finalize(text, params.stop, ended_by_model=finish_reason != "length")
+
+
+def _one_line(s: str) -> str:
+    """Collapse whitespace so a message fits on one line."""
+    return " ".join(s.split())

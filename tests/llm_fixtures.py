@@ -1,0 +1,371 @@
+"""Test fixtures for the generation backends (not a product feature).
+
+* :func:`build_tiny_model` / fixture ``tiny_model_dir``: a tiny random causal LM
+  made offline: a byte-level BPE tokenizer trained in a second on a few stdlib
+  modules' source, wrapped as a ``PreTrainedTokenizerFast`` with ``<eos>``,
+  ``<pad>`` and a small chat template, and a 2-layer Llama (hidden 64) with
+  seeded random weights, saved with ``save_pretrained``. Its output is
+  gibberish but deterministic, and it never downloads anything.
+* :class:`FakeOpenAIServer` / fixture ``openai_server``: a local
+  OpenAI-compatible HTTP server (stdlib ``http.server`` in a thread on
+  127.0.0.1, ephemeral port) serving ``/v1/completions``,
+  ``/v1/chat/completions`` and ``/v1/models`` from any backend, with
+  switchable failure modes (``fail_first``, ``hang_s``, ``api_key``) and one
+  known model name (others get an OpenAI-style 404).
+
+Use from a test module with ``from tests.llm_fixtures import *`` (the fixtures
+are ordinary pytest fixtures) or call the builders directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "FakeOpenAIServer",
+    "build_tiny_model",
+    "closed_port",
+    "openai_server",
+    "tiny_backend",
+    "tiny_model_dir",
+]
+
+#: A minimal chat template for the tiny model (ChatML-like special tokens).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_SPECIAL_TOKENS = ["<pad>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+def _training_text() -> list[str]:
+    """Source text of a few stdlib modules: enough for a small BPE vocabulary."""
+    import argparse
+    import dataclasses
+    import textwrap
+
+    return [inspect.getsource(mod) for mod in (textwrap, dataclasses, argparse)]
+
+
+def build_tiny_model(out_dir: str | Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
+    """Build and save a tiny random Llama-style causal LM plus its tokenizer in ``out_dir``.
+
+    The tokenizer is byte-level BPE (every string round-trips) trained on stdlib
+    source; the model has hidden size 64, 2 layers, random weights from
+    ``seed``, and the ``<eos>`` row of the output layer zeroed so greedy decoding
+    does not stop on its own at once. Returns ``out_dir``.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_training_text(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<eos>",
+        pad_token="<pad>",
+        additional_special_tokens=_SPECIAL_TOKENS[2:],
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
+    tokenizer.save_pretrained(out)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        # Random weights give small logits; scale the output layer so sampling
+        # at temperature ~1 is still varied but not uniform, and keep <eos>
+        # and <pad> from being chosen greedily.
+        model.lm_head.weight.mul_(20.0)
+        model.lm_head.weight[tokenizer.eos_token_id].zero_()
+        model.lm_head.weight[tokenizer.pad_token_id].zero_()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Session-scoped directory holding the tiny random model and its tokenizer."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir: Path):
+    """Session-scoped transformers backend on the tiny model (CPU, float32, batch 8)."""
+    from pipeline.llm import LLMConfig, create_backend
+
+    backend = create_backend(
+        LLMConfig(backend="transformers", model=str(tiny_model_dir), device="cpu", dtype="float32", show_progress=False)
+    )
+    yield backend
+    backend.close()
+
+
+def closed_port() -> int:
+    """A local TCP port with nothing listening on it (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeOpenAIServer:
+    """A local OpenAI-compatible server answering from a backend, with failure modes.
+
+    Attributes to switch at run time (thread-safe enough for tests):
+
+    * ``fail_first``: answer HTTP 500 to the next K generation requests, then succeed;
+    * ``hang_s``: sleep this long before answering (to exceed a client timeout);
+    * ``api_key``: when set, requests without ``Authorization: Bearer <key>`` get 401;
+    * ``retry_after_ms``: sent with 500s so client retries wait little;
+    * ``model_name``: the only model known; others get an OpenAI-style 404.
+
+    ``requests`` counts generation requests received (failed ones included);
+    ``max_n`` when set rejects ``n`` above it with a 400, like some servers.
+    """
+
+    def __init__(self, backend: Any, model_name: str = "tiny-test-model") -> None:
+        self.backend = backend
+        self.model_name = model_name
+        self.fail_first = 0
+        self.hang_s = 0.0
+        self.api_key: str | None = None
+        self.retry_after_ms = 10
+        self.max_n: int | None = None
+        self.requests = 0
+        self.seen: list[dict] = []
+        self._lock = threading.Lock()
+        self._gen_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="fake-openai")
+
+    @property
+    def base_url(self) -> str:
+        """The ``.../v1`` URL clients should use."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def reset(self) -> None:
+        """Back to normal behaviour: no failures, no hang, no auth, counters zeroed."""
+        with self._lock:
+            self.fail_first = 0
+            self.hang_s = 0.0
+            self.api_key = None
+            self.max_n = None
+            self.requests = 0
+            self.seen = []
+
+    def start(self) -> "FakeOpenAIServer":
+        """Start serving in a daemon thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; hanging handlers are woken up."""
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # -- request handling -------------------------------------------------
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+            def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _authorized(self) -> bool:
+                if server.api_key is None:
+                    return True
+                return self.headers.get("Authorization") == f"Bearer {server.api_key}"
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib name
+                if not self._authorized():
+                    return self._send(401, _error("Incorrect API key provided.", "invalid_api_key"))
+                if self.path.rstrip("/") == "/v1/models":
+                    return self._send(
+                        200,
+                        {"object": "list", "data": [{"id": server.model_name, "object": "model", "owned_by": "test"}]},
+                    )
+                self._send(404, _error(f"Unknown path {self.path}", "not_found"))
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    return self._send(400, _error("Body is not JSON.", "invalid_json"))
+                path = self.path.rstrip("/")
+                if path not in ("/v1/completions", "/v1/chat/completions"):
+                    return self._send(404, _error(f"Unknown path {self.path}", "not_found"))
+                with server._lock:
+                    server.requests += 1
+                    server.seen.append(body)
+                    failing = server.fail_first > 0
+                    if failing:
+                        server.fail_first -= 1
+                    hang = server.hang_s
+                if hang:
+                    server._stopping.wait(hang)
+                if not self._authorized():
+                    return self._send(401, _error("Incorrect API key provided.", "invalid_api_key"))
+                if failing:
+                    return self._send(
+                        500,
+                        _error("Injected failure.", "internal_error", "server_error"),
+                        {"retry-after-ms": str(server.retry_after_ms)},
+                    )
+                if body.get("model") != server.model_name:
+                    return self._send(
+                        404,
+                        _error(f"The model `{body.get('model')}` does not exist.", "model_not_found", param="model"),
+                    )
+                n = int(body.get("n") or 1)
+                if server.max_n is not None and n > server.max_n:
+                    return self._send(400, _error(f"n must be at most {server.max_n}.", "invalid_n", param="n"))
+                try:
+                    if path == "/v1/completions":
+                        return self._send(200, server._complete(body))
+                    return self._send(200, server._chat(body))
+                except Exception as e:  # report, don't kill the server thread
+                    return self._send(500, _error(f"{type(e).__name__}: {e}", "internal_error", "server_error"))
+
+        return Handler
+
+    def _params(self, body: dict):
+        from pipeline.llm import SamplingParams
+
+        stop = body.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        return SamplingParams(
+            n=int(body.get("n") or 1),
+            temperature=float(body.get("temperature", 1.0)),
+            top_p=float(body.get("top_p", 1.0)),
+            max_tokens=int(body.get("max_tokens") or 16),
+            stop=list(stop),
+            seed=body.get("seed"),
+        )
+
+    def _complete(self, body: dict) -> dict:
+        prompts = body.get("prompt")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        params = self._params(body)
+        with self._gen_lock:
+            results = self.backend.generate(list(prompts), params)
+        choices = []
+        for outs in results:
+            for c in outs:
+                choices.append(
+                    {"index": len(choices), "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                )
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+    def _chat(self, body: dict) -> dict:
+        params = self._params(body)
+        with self._gen_lock:
+            (outs,) = self.backend.generate_chat([body["messages"]], params)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish_reason,
+                "logprobs": None,
+            }
+            for i, c in enumerate(outs)
+        ]
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+
+def _error(message: str, code: str, type_: str = "invalid_request_error", param: str | None = None) -> dict:
+    """An OpenAI-style error body."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+@pytest.fixture(scope="session")
+def _openai_server_session(tiny_backend) -> FakeOpenAIServer:
+    server = FakeOpenAIServer(tiny_backend).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openai_server(_openai_server_session: FakeOpenAIServer) -> FakeOpenAIServer:
+    """The session's fake OpenAI server, reset to normal behaviour for this test."""
+    _openai_server_session.reset()
+    yield _openai_server_session
+    _openai_server_session.reset()
