@@ -37,7 +37,10 @@ __all__ = [
     "typecheck_sources",
 ]
 
-#: Files per basedpyright run that keeps start-up cost small (see docs).
+#: Files per basedpyright run. A run costs about 1 s to start plus per-file
+#: work; on stdlib files (avg 17 kB, 1 core) throughput was 5.6 files/s at 10,
+#: 12.7 at 50, 16.0 at 200, 17.3 at 500 and 17.0 at 1000 files per run, so
+#: 500 keeps start-up under 5% while a batch still finishes in ~30 s.
 DEFAULT_BATCH_SIZE = 500
 
 #: Rules pyright's "standard" mode reports with severity "error".
