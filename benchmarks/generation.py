@@ -1,0 +1,152 @@
+"""Benchmark: batched vs one-at-a-time generation with the transformers backend on CPU.
+
+Generates greedy completions for the same prompts twice, once in batches
+(left padded) and once one prompt per call, and prints the time, tokens/s of
+each, the speed-up, and how many outputs are identical. With left padding,
+greedy outputs may differ slightly from unpadded ones (padding changes the
+floating-point arithmetic, and a near-tie between two tokens can flip); the
+count is reported as measured.
+
+    python benchmarks/generation.py                 # tiny random model (built on the fly, seconds)
+    python benchmarks/generation.py --model gemma   # Gemma 3 270M GGUF (PyPI package; cached as safetensors)
+
+Token counts: a completion that ended by length has exactly ``max_tokens``
+tokens; one that ended by EOS is re-tokenized to count (approximate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.llm import LLMConfig, SamplingParams, create_backend  # noqa: E402
+
+_TASKS = [
+    ("add", "a, b", "Return the sum of a and b."),
+    ("is_prime", "n", "Return True if n is a prime number."),
+    ("reverse_words", "sentence", "Reverse the order of words in a sentence."),
+    ("flatten", "nested", "Flatten a list of lists into one list."),
+    ("count_vowels", "text", "Count the vowels in text."),
+    ("fibonacci", "n", "Return the n-th Fibonacci number."),
+    ("merge_sorted", "xs, ys", "Merge two sorted lists into one sorted list."),
+    ("word_frequencies", "text", "Map each word in text to how often it occurs, ignoring case."),
+    ("chunk", "items, size", "Split items into consecutive chunks of at most size elements."),
+    ("is_palindrome", "s", "Return True if s reads the same forwards and backwards, ignoring case and spaces."),
+    ("gcd", "a, b", "Return the greatest common divisor of two integers."),
+    ("transpose", "matrix", "Transpose a matrix given as a list of rows."),
+    ("unique_in_order", "items", "Remove duplicates from items, keeping the first occurrence of each."),
+    ("parse_csv_line", "line", "Split one CSV line into fields, handling double-quoted fields."),
+    ("celsius_to_fahrenheit", "c", "Convert a temperature from Celsius to Fahrenheit."),
+    ("binary_search", "xs, target", "Return the index of target in the sorted list xs, or -1."),
+]
+
+
+def make_prompts(count: int) -> list[str]:
+    """``count`` Python function-completion prompts of varied lengths."""
+    prompts = []
+    for i in range(count):
+        name, args, doc = _TASKS[i % len(_TASKS)]
+        if i >= len(_TASKS):  # second round: typed variant, longer prompt
+            prompts.append(f"from typing import Any\n\n\ndef {name}({args}) -> Any:\n    \"\"\"{doc}\n\n    Args and edge cases are handled.\n    \"\"\"\n")
+        else:
+            prompts.append(f"def {name}({args}):\n    \"\"\"{doc}\"\"\"\n")
+    return prompts
+
+
+def count_tokens(backend, outs, max_tokens: int) -> int:
+    """Generated tokens: max_tokens for completions that hit the limit, re-tokenized length otherwise."""
+    total = 0
+    for per_prompt in outs:
+        c = per_prompt[0]
+        if c.finish_reason == "length":
+            total += max_tokens
+        else:
+            total += len(backend.tokenizer(c.text, add_special_tokens=False)["input_ids"])
+    return total
+
+
+def main() -> None:
+    """Run the benchmark and print its report."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="'tiny' (random, built on the fly), 'gemma', or a model path")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--cache-dir", default=None, help="GGUF safetensors cache (default ~/.cache/selfcodealign/models)")
+    args = ap.parse_args()
+
+    tmp = None
+    model = args.model
+    if model == "tiny":
+        from tests.llm_fixtures import build_tiny_model
+
+        tmp = tempfile.TemporaryDirectory(prefix="tiny-llm-")
+        model = str(build_tiny_model(tmp.name))
+    elif model == "gemma":
+        model = "gemma3-270m-gguf"
+
+    t0 = time.perf_counter()
+    cfg = LLMConfig(
+        backend="transformers", model=model, device="cpu", dtype="float32",
+        batch_size=args.batch_size, cache_dir=args.cache_dir, show_progress=False,
+    )
+    backend = create_backend(cfg)
+    load_s = time.perf_counter() - t0
+    prompts = make_prompts(args.prompts)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
+
+    backend.generate(prompts[:2], SamplingParams(max_tokens=2))  # warm-up
+
+    t0 = time.perf_counter()
+    batched = backend.generate(prompts, params)
+    batched_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    single = [backend.generate([p], params)[0] for p in prompts]
+    single_s = time.perf_counter() - t0
+
+    tok_batched = count_tokens(backend, batched, args.max_tokens)
+    tok_single = count_tokens(backend, single, args.max_tokens)
+    same = sum(b[0].text == s[0].text for b, s in zip(batched, single))
+    prefix = [len(_common_prefix(b[0].text, s[0].text)) for b, s in zip(batched, single) if b[0].text != s[0].text]
+
+    print(f"model: {args.model} ({backend.source}); loaded in {load_s:.1f}s")
+    print(f"prompts: {len(prompts)}, greedy, max_tokens={args.max_tokens}, batch_size={args.batch_size}, CPU threads: {_threads()}")
+    print(f"one at a time: {single_s:7.2f}s  {tok_single / single_s:8.1f} tok/s  ({tok_single} tokens)")
+    print(f"batched      : {batched_s:7.2f}s  {tok_batched / batched_s:8.1f} tok/s  ({tok_batched} tokens)")
+    print(f"speed-up     : {single_s / batched_s:.2f}x")
+    print(f"identical outputs: {same}/{len(prompts)}", end="")
+    if prefix:
+        print(f"; the {len(prefix)} that differ agree on their first {min(prefix)}-{max(prefix)} characters")
+    else:
+        print()
+    if same < len(prompts):
+        b, s = next((b[0].text, s[0].text) for b, s in zip(batched, single) if b[0].text != s[0].text)
+        print(f"  e.g. batched {b!r}\n       single  {s!r}")
+    backend.close()
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    main()
