@@ -74,7 +74,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     from pipeline.runner import Runner
 
     try:
-        stage_configs = {e.name: e.Config for e in registry if not isinstance(e, PlannedStage)}
+        stage_configs = {e.name: None if isinstance(e, PlannedStage) else e.Config for e in registry}
         model = build_config_model(stage_configs, _model_config_class())
         config = load_config(args.config, model, args.override)
         runner = Runner(config, registry)

@@ -73,13 +73,20 @@ class HubConfig(StrictModel):
     stages: list[str] | None = Field(default=None, description="Stages to publish; default: every stage run.")
 
 
-def build_config_model(stage_configs: dict[str, type[StageConfig]], model_config: type[BaseModel] | None = None):
+def build_config_model(
+    stage_configs: dict[str, type[StageConfig] | None], model_config: type[BaseModel] | None = None
+):
     """Assemble the pipeline's config class from each stage's own ``Config`` class.
 
     ``stage_configs`` maps stage names (in pipeline order) to their config
     classes; ``model_config`` is the generation backend's config class, if any.
+    A stage mapped to None is not built yet: its section is kept as written
+    (so a recipe can already carry its settings) and is typed once it lands.
     """
-    stage_fields: dict[str, Any] = {name: (cls, Field(default_factory=cls)) for name, cls in stage_configs.items()}
+    stage_fields: dict[str, Any] = {
+        name: (dict[str, Any], Field(default_factory=dict)) if cls is None else (cls, Field(default_factory=cls))
+        for name, cls in stage_configs.items()
+    }
     stages_model = create_model("StagesConfig", __base__=StrictModel, **stage_fields)
     fields: dict[str, Any] = {
         "name": (str, Field(default="pipeline", description="Recipe name, shown in logs and dataset cards.")),

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a Debian machine: system packages, the Docker engine,
+# a virtualenv with the project and its CPU torch, and the sandbox image.
+# Safe to run again: every step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"   # the CPU build; a bare "torch" pulls CUDA wheels
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  say "starting the Docker engine"
+  if command -v systemctl >/dev/null 2>&1 && $SUDO systemctl start docker >/dev/null 2>&1; then
+    :
+  else
+    $SUDO sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "error: the Docker engine did not start; see /var/log/dockerd.log" >&2; exit 1; }
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating the virtualenv $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  say "installing $TORCH_SPEC"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "$TORCH_SPEC"
+fi
+say "installing the project and its dependencies"
+"$VENV/bin/pip" install -q -e ".[dev,demo]"
+
+say "building the sandbox image (skipped when it exists)"
+"$VENV/bin/python" -m sandbox build

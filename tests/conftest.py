@@ -1,0 +1,54 @@
+"""Shared fixtures: a small real corpus from the standard library, recipes, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.code_files import stdlib_dir
+
+REPO = Path(__file__).resolve().parent.parent
+STDLIB_PICK = [
+    "textwrap.py", "string.py", "colorsys.py", "fractions.py", "statistics.py", "heapq.py", "bisect.py",
+    "difflib.py", "calendar.py", "base64.py", "json", "html", "shlex.py", "fnmatch.py", "quopri.py",
+    "graphlib.py", "ipaddress.py", "pprint.py", "reprlib.py", "numbers.py", "uu.py", "wave.py",
+]
+
+
+@pytest.fixture(scope="session")
+def stdlib_corpus(tmp_path_factory) -> Path:
+    """A folder with a copy of some real standard-library modules (a corpus none of us wrote)."""
+    root = tmp_path_factory.mktemp("corpus")
+    for name in STDLIB_PICK:
+        src = stdlib_dir() / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy(src, root / name)
+    return root
+
+
+def write_recipe(path: Path, work_dir: Path, **stage_overrides) -> Path:
+    """Write a small recipe reading a local corpus; keyword arguments set keys of stages.seeds."""
+    seeds = {"source": {"kind": "local", "paths": []}, "filters": ["returns_value", "no_todo", "no_banned_imports",
+             "max_lines", "has_arguments", "not_benchmark"], "batch_size": 8}
+    seeds.update(stage_overrides)
+    recipe = {"name": "test", "run": {"work_dir": str(work_dir), "workers": 2, "batch_size": 8}, "stages": {"seeds": seeds}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``run_pipeline.py`` in a subprocess, as a user would."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), *args],
+        cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
