@@ -10,7 +10,6 @@ import socket
 import threading
 import uuid
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import docker
@@ -68,6 +67,31 @@ def remove_stale_containers(client: docker.DockerClient, everything: bool = Fals
     if removed:
         log.info("removed %d leftover sandbox container(s)", len(removed))
     return removed
+
+
+def _each_in_parallel(fn, items) -> None:
+    """Call ``fn(item)`` for every item in threads (serially at interpreter shutdown); re-raise the first error."""
+    errors: List[BaseException] = []
+
+    def call(item) -> None:
+        try:
+            fn(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = []
+    for item in items:
+        thread = threading.Thread(target=call, args=(item,), daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no new threads at interpreter shutdown
+            call(item)
+            continue
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 class _Aborted(Exception):
@@ -183,8 +207,7 @@ class SandboxPool:
         _LIVE_POOLS.add(self)
         self._install_sigterm()
         try:
-            with ThreadPoolExecutor(len(self._slots)) as starter:
-                list(starter.map(lambda slot: slot.start(), self._slots))
+            _each_in_parallel(_Slot.start, self._slots)
         except BaseException:
             self.close()
             raise
@@ -300,10 +323,7 @@ class SandboxPool:
             self.closing = True
         _LIVE_POOLS.discard(self)
         self._restore_sigterm()
-        slots = [s for s in self._slots if s.container is not None]
-        if slots:
-            with ThreadPoolExecutor(len(slots)) as stopper:
-                list(stopper.map(lambda slot: slot.stop(), slots))
+        _each_in_parallel(_Slot.stop, [s for s in self._slots if s.container is not None])
         log.info("sandbox pool %s closed", self.run_id)
 
     def __enter__(self) -> "SandboxPool":
