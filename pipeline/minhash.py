@@ -58,9 +58,9 @@ _FOLD_NP = np.uint64(_FOLD)
 _F64 = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
 _F32 = (np.uint32(16), np.uint32(13), np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35))
 _LOW32 = np.uint64(0xFFFFFFFF)
-# Shingles permuted per numpy block: a (num_perm x block) uint32 matrix that
-# stays in cache (4 MB at 128 permutations).
-_BLOCK_SHINGLES = 8192
+# Shingles permuted per numpy block: a (num_perm x block) uint32 matrix of
+# 2 MB at 128 permutations, reused from block to block.
+_BLOCK_SHINGLES = 4096
 
 
 # -- tokens and shingles ----------------------------------------------------
@@ -167,9 +167,29 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- signatures of one chunk ------------------------------------------------
 
+def _fold_windows(token_hashes: np.ndarray, starts: np.ndarray, widths: np.ndarray, ngram: int) -> np.ndarray:
+    """Fold the token hashes of each window ``[start, start + width)``."""
+    if len(starts) and (widths == ngram).all():
+        # Common case: fold every full-width window of the flat token array
+        # with contiguous slices, then pick the windows inside a text.
+        n_full = len(token_hashes) - ngram + 1
+        acc = token_hashes[:n_full].copy()
+        for k in range(1, ngram):
+            acc *= _FOLD_NP
+            acc += token_hashes[k:n_full + k]
+        return acc[starts]
+    acc = token_hashes[starts]
+    for k in range(1, ngram):
+        longer = widths > k
+        if not longer.any():
+            break
+        acc[longer] = acc[longer] * _FOLD_NP + token_hashes[starts[longer] + k]
+    return acc
+
+
 def _shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes of every shingle of every text (in text order, repeats kept)
-    and the number of shingles per text."""
+    """Hashes of every shingle of every text (in text order, repeats kept),
+    pre-mixed for the permutations, and the number of shingles per text."""
     token_lists = [tokenize(text) for text in texts]
     cache: dict[str, int] = {}
     lookup = cache.get
@@ -183,20 +203,12 @@ def _shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nd
     n_tokens = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
     width = np.minimum(n_tokens, ngram)
     counts = np.where(n_tokens > 0, n_tokens - width + 1, 0)
-    total = int(counts.sum())
-    # Window j of text d starts at token_start[d] + (j - first_window[d]).
+    # Window j (counted over all texts) of text d starts at token
+    # token_start[d] + j - first_window[d].
     token_start = np.cumsum(n_tokens) - n_tokens
     first_window = np.cumsum(counts) - counts
-    starts = np.repeat(token_start - first_window, counts) + np.arange(total, dtype=np.int64)
-    widths = np.repeat(width, counts)
-    acc = token_hashes[starts]
-    last = max(len(token_hashes) - 1, 0)
-    for k in range(1, ngram):
-        longer = widths > k
-        if not longer.any():
-            break
-        step = acc * _FOLD_NP + token_hashes[np.minimum(starts + k, last)]
-        acc = np.where(longer, step, acc)
+    starts = np.repeat(token_start - first_window, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+    acc = _fold_windows(token_hashes, starts, np.repeat(width, counts), ngram)
     hashes = (_fmix64(acc) & _LOW32).astype(np.uint32)
     return _fmix32(hashes), counts
 
@@ -208,12 +220,15 @@ def _chunk_signatures(texts: Sequence[str], ngram: int, a: np.ndarray, b: np.nda
     rows = np.flatnonzero(counts)
     ends = np.cumsum(counts[rows])
     a_col, b_col = a[:, None], b[:, None]
+    buffer = np.empty((len(a), _BLOCK_SHINGLES), dtype=np.uint32)  # reused: no page faults per block
     first = 0
     while first < len(rows):
+        # Texts first..stop-1: about _BLOCK_SHINGLES shingles, at least one text.
         begin = int(ends[first - 1]) if first else 0
-        stop = int(np.searchsorted(ends, begin + _BLOCK_SHINGLES, side="right"))
-        stop = max(stop, first + 1)
-        block = a_col * hashes[None, begin:int(ends[stop - 1])]
+        stop = max(int(np.searchsorted(ends, begin + _BLOCK_SHINGLES, side="right")), first + 1)
+        width = int(ends[stop - 1]) - begin
+        block = buffer[:, :width] if width <= _BLOCK_SHINGLES else np.empty((len(a), width), dtype=np.uint32)
+        np.multiply(a_col, hashes[None, begin:begin + width], out=block)
         block += b_col
         offsets = np.concatenate(([0], ends[first:stop - 1] - begin))
         out[rows[first:stop]] = np.minimum.reduceat(block, offsets, axis=1).T
