@@ -132,7 +132,10 @@ def _docker_build(client: docker.DockerClient, tag: str, base: str, method: str)
         )
     except docker.errors.BuildError as exc:
         tail = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)[-800:]
-        raise SandboxError(f"building {tag} from {DOCKERFILE} failed: {exc.msg}\n{tail}") from None
+        hint = ""
+        if method == "dockerfile" and ("dial tcp" in tail or "pull access" in tail or "no such host" in tail):
+            hint = " (no registry reachable? build offline: `python -m sandbox build --offline`)"
+        raise SandboxError(f"building {tag} from {DOCKERFILE} failed{hint}: {exc.msg}\n{tail}") from None
     except docker.errors.APIError as exc:
         raise SandboxError(f"building {tag} failed: {exc.explanation or exc}") from None
 

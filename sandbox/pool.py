@@ -301,7 +301,10 @@ class SandboxPool:
             self._busy.release()
 
     def run(self, jobs: Iterable[Job], on_result: Optional[Callable[[Verdict], None]] = None) -> List[Verdict]:
-        """Run ``jobs``; return their verdicts in input order, calling ``on_result`` as each completes."""
+        """Run ``jobs``; return their verdicts in input order, calling ``on_result`` as each completes.
+
+        On SandboxError the verdicts finished before it are on the exception as ``completed``.
+        """
         jobs = list(jobs)
         position = {}
         for i, job in enumerate(jobs):
@@ -309,10 +312,14 @@ class SandboxPool:
                 raise ValueError(f"duplicate job id {job.id!r}")
             position[job.id] = i
         verdicts: List[Optional[Verdict]] = [None] * len(jobs)
-        for verdict in self.imap(jobs):
-            verdicts[position[verdict.id]] = verdict
-            if on_result is not None:
-                on_result(verdict)
+        try:
+            for verdict in self.imap(jobs):
+                verdicts[position[verdict.id]] = verdict
+                if on_result is not None:
+                    on_result(verdict)
+        except SandboxError as exc:
+            exc.completed = [v for v in verdicts if v is not None]  # type: ignore[attr-defined]
+            raise
         return verdicts  # type: ignore[return-value]
 
     def close(self) -> None:

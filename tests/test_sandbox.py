@@ -566,3 +566,114 @@ def test_humaneval_stub_bodies_fail(pool):
     assert len(verdicts) == 164
     assert [v.id for v in verdicts if v.passed] == []
     assert {v.status for v in verdicts} <= {"failed", "timeout"}
+
+
+# --------------------------------------------------------------------------- the engine going away
+
+
+class _DockerSocketProxy:
+    """A unix-socket relay to the real engine; closing it looks, to the pool, like the engine dying."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock"):
+        import socket
+
+        self.path, self.target = str(path), target
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(64)
+        self.sockets: list = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        import socket
+
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        import socket
+
+        self.closed = True
+        for s in [self.listener, *self.sockets]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        Path(self.path).unlink(missing_ok=True)
+
+
+def test_engine_lost_mid_run_raises_sandbox_error(tmp_path, sandbox_image):
+    if not Path("/var/run/docker.sock").exists():
+        pytest.skip("needs the engine on /var/run/docker.sock")
+    proxy = _DockerSocketProxy(tmp_path / "docker.sock")
+    config = SandboxConfig(workers=2, image=sandbox_image, docker_url=f"unix://{tmp_path / 'docker.sock'}")
+    jobs = [Job(id=f"quick{i}", code=OK) for i in range(4)] + [
+        Job(id=f"slow{i}", code="import time\ntime.sleep(20)", timeout=30) for i in range(4)]
+    received = []
+    pool = SandboxPool(config)
+    run_id = pool.run_id
+    start = time.monotonic()
+    try:
+        with pytest.raises(SandboxError, match="engine") as raised:
+            for verdict in pool.imap(jobs, ordered=True):
+                received.append(verdict)
+                if len(received) == 2:
+                    proxy.close()
+        assert time.monotonic() - start < 15  # raised, not hung until the slow jobs' timeouts
+        assert "\n" not in str(raised.value)
+        # verdicts finished before the loss were delivered and are valid
+        assert [v.id for v in received[:2]] == ["quick0", "quick1"]
+        assert all(v.id.startswith("quick") and v.passed for v in received)
+    finally:
+        pool.close()
+        proxy.close()
+        client = connect()
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}):
+            c.remove(force=True)
+
+
+def test_multiprocessing_and_threads_work(pool):
+    code = """
+    import multiprocessing, threading
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        with multiprocessing.Pool(2) as p:
+            assert p.map(square, range(5)) == [0, 1, 4, 9, 16]
+        out = []
+        t = threading.Thread(target=out.append, args=(1,))
+        t.start(); t.join()
+        assert out == [1]
+    """
+    v = run_one(pool, code, timeout=20)
+    assert v.status == "passed", v
