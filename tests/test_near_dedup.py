@@ -164,6 +164,8 @@ def test_signatures_equal_datasketch_minhash(corpus, num_perm, ngram, seed):
 def test_empty_texts_get_the_empty_signature():
     signatures = minhash_signatures(["", " \n\t", "()[]{}"], workers=1)
     assert (signatures == EMPTY_HASH).all()
+    assert minhash_signatures([], num_perm=16).shape == (0, 16)
+    assert near_dedup([], [], NearDedupConfig(workers=1)).keep == []
 
 
 def test_signatures_do_not_depend_on_workers_or_chunks(corpus):
