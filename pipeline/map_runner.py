@@ -92,6 +92,9 @@ def run_map_stage(stage: MapStage, ctx: StageContext, source: InputSource) -> di
                     break
         finally:
             bar.close()
+    dropped = store.apply_drop_plan(lambda: stage.whole_output_drops(store), keep_dropped=keep_dropped)
+    if dropped:
+        stage.log.info("%s: %d rows dropped by whole-output filters", stage.name, dropped)
     return manifest_fields(store.commit_log(), duplicates)
 
 

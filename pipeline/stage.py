@@ -27,6 +27,7 @@ from pipeline.config import StageConfig
 if TYPE_CHECKING:
     from pipeline.context import StageContext
     from pipeline.inputs import InputSource
+    from pipeline.store import StageStore
 
 
 @dataclass
@@ -121,6 +122,14 @@ class MapStage(Stage):
     def output_limit(self) -> int | None:
         """Stop once this many rows are kept (the first ones in input order); None for no limit."""
         return None
+
+    def whole_output_drops(self, store: "StageStore") -> dict[str, str]:
+        """Rows to drop once every batch is committed, ``{row id: reason}``.
+
+        For filters that compare rows across batches (near-dedup). The
+        framework saves the plan, then applies it crash-safely and counts it.
+        """
+        return {}
 
 
 class WholeStage(Stage):

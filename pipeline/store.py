@@ -33,6 +33,7 @@ from pipeline.errors import StoreError
 META_KEY = b"selfcodealign"
 MANIFEST = "manifest.json"
 RUN_FILE = "_run.json"
+DROP_PLAN = "_drop_plan.json"
 
 
 @dataclass
@@ -177,6 +178,53 @@ class StageStore:
         path = self.dir / name
         _atomic_write_table(path, table)
         return path
+
+    def apply_drop_plan(self, compute_plan, keep_dropped: bool = True) -> int:
+        """Drop rows already committed, for filters that need the whole output (near-dedup).
+
+        ``compute_plan()`` returns ``{row id: reason}``. The plan is saved before
+        any part changes, so a crash half-way is finished with the same plan on
+        the next run rather than recomputed over a half-filtered output. Each
+        affected part is rewritten atomically: its dropped rows go to its dropped
+        part (never twice) and its record's counts move from kept to dropped.
+        Returns the number of rows dropped by this call.
+        """
+        import pyarrow.compute as pc
+
+        plan_path = self.dir / DROP_PLAN
+        if plan_path.exists():
+            plan = json.loads(plan_path.read_text())
+        else:
+            plan = compute_plan()
+            atomic_write_json(plan_path, plan)
+        if not plan:
+            return 0
+        wanted = pa.array(sorted(plan), pa.string())
+        total = 0
+        for path in self.part_paths():
+            record = self.part_record(path)
+            table = pq.read_table(path)
+            mask = pc.is_in(table["id"], value_set=wanted)
+            removed = table.filter(mask)
+            if removed.num_rows == 0:
+                continue
+            rows = removed.to_pylist()
+            if keep_dropped:
+                self.dropped_dir.mkdir(exist_ok=True)
+                dropped_path = self.dropped_dir / path.name
+                existing = pq.read_table(dropped_path).to_pylist() if dropped_path.exists() else []
+                present = {r.get("id") for r in existing}
+                extra = [{**r, "drop_reason": plan[r["id"]]} for r in rows if r["id"] not in present]
+                if extra:
+                    _atomic_write_table(dropped_path, rows_to_table(existing + extra))
+            record["rows"] -= len(rows)
+            for row in rows:
+                reason = plan[row["id"]]
+                record["dropped"][reason] = record["dropped"].get(reason, 0) + 1
+            kept = table.filter(pc.invert(mask)).replace_schema_metadata({META_KEY: json.dumps(record)})
+            _atomic_write_table(path, kept)
+            total += len(rows)
+        return total
 
     def write_manifest(self, manifest: dict) -> None:
         """Write the manifest; this is the last write of a finished stage."""

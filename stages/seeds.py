@@ -15,9 +15,12 @@ first filter a function fails is its drop reason:
   standard level), the function checked in its own file so its imports resolve;
 * ``not_benchmark``: not taken from HumanEval prompts or solutions (or other
   benchmark files listed in ``benchmark_files``);
-* ``docstring_judge`` and ``near_dedup`` (the model-judged docstring filter and
-  MinHash near-dedup at Jaccard 0.5) have their place in the chain and come with
-  issues #4 and #5.
+* ``near_dedup``: one function kept per cluster of near-duplicates (MinHash over
+  word 5-gram shingles of the source, Jaccard 0.5, datasketch LSH); it compares
+  seeds across all batches, so it runs once every batch is committed and must
+  come last in the chain;
+* ``docstring_judge`` (the model-judged docstring filter) has its place in the
+  chain and comes with issue #4.
 
 Counts add up: ``functions_found = rows_out + the sum of the function-level drops``
 and ``rows_in = files_parsed + unparseable_file``.
@@ -37,6 +40,7 @@ from pipeline.contamination import BenchmarkIndex
 from pipeline.errors import InputError
 from pipeline.ids import stable_id
 from pipeline.inputs import DATA_SUFFIXES, InputSource
+from pipeline.near_dedup import NearDedupConfig, near_dedup
 from pipeline.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
 from pipeline.stage import BatchResult, MapStage
 from pipeline.typecheck import function_has_type_errors, typecheck_sources
@@ -45,9 +49,11 @@ FilterName = Literal[
     "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments",
     "typechecks", "not_benchmark", "docstring_judge", "near_dedup",
 ]
-NOT_BUILT = {"docstring_judge": 4, "near_dedup": 5}
+NOT_BUILT = {"docstring_judge": 4}
+WHOLE_OUTPUT_FILTERS = {"near_dedup"}
 DEFAULT_FILTERS = [
     "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments", "not_benchmark", "typechecks",
+    "near_dedup",
 ]
 BANNED = ["os", "sys", "subprocess", "argparse", "setuptools", "distutils", "matplotlib", "seaborn"]
 
@@ -83,6 +89,20 @@ class BenchmarkFile(StrictModel):
     fields: list[str] = Field(default_factory=lambda: ["prompt", "text", "code"])
 
 
+class NearDedupSettings(StrictModel):
+    """MinHash near-dedup settings (the run seed seeds the permutations and the kept member)."""
+
+    threshold: float = Field(default=0.5, gt=0, le=1, description="Jaccard similarity that makes two near-duplicates.")
+    ngram: int = Field(default=5, ge=1, description="Words per shingle.")
+    num_perm: int = Field(default=128, ge=16, description="MinHash permutations.")
+
+    def resolve(self, seed: int, workers: int) -> NearDedupConfig:
+        """The near-dedup module's config for this run."""
+        return NearDedupConfig(
+            threshold=self.threshold, ngram=self.ngram, num_perm=self.num_perm, seed=seed % 2**32, workers=workers
+        )
+
+
 class SeedsConfig(StageConfig):
     """Settings of the seeds stage."""
 
@@ -98,7 +118,11 @@ class SeedsConfig(StageConfig):
         default_factory=list,
         description="Extra benchmark JSONL files (e.g. MBPP) to decontaminate against, besides HumanEval.",
     )
-    max_seeds: int | None = Field(default=None, gt=0, description="Stop after this many seeds (first in input order).")
+    max_seeds: int | None = Field(
+        default=None, gt=0,
+        description="Stop after this many seeds (the first in input order), counted before near_dedup.",
+    )
+    near_dedup: NearDedupSettings = Field(default_factory=lambda: NearDedupSettings(threshold=0.5))
 
     @field_validator("filters")
     @classmethod
@@ -108,6 +132,8 @@ class SeedsConfig(StageConfig):
                 raise ValueError(f"filter {name} is not built yet (tracked in issue #{NOT_BUILT[name]}); remove it")
         if len(set(value)) != len(value):
             raise ValueError("a filter is listed twice")
+        if "near_dedup" in value and value[-1] != "near_dedup":
+            raise ValueError("near_dedup compares seeds across the whole output, so it must come last")
         return value
 
 
@@ -194,6 +220,8 @@ class SeedsStage(MapStage):
             result.count("functions_found", len(functions))
             candidates.extend((file, fn) for fn in functions)
         for name in self.config.filters:
+            if name in WHOLE_OUTPUT_FILTERS:
+                continue
             passed = FILTERS[name](self, candidates)
             survivors = []
             for candidate, ok in zip(candidates, passed):
@@ -243,6 +271,18 @@ class SeedsStage(MapStage):
         if self._benchmarks is None:
             self.setup()
         return [self._benchmarks.contains_benchmark(fn.code) is None for _, fn in candidates]
+
+
+    def whole_output_drops(self, store) -> dict[str, str]:
+        """near_dedup: one seed per cluster of near-duplicate functions across all batches."""
+        if "near_dedup" not in self.config.filters:
+            return {}
+        table = store.read_table(["id", "code"])
+        if table.num_rows == 0:
+            return {}
+        ids, codes = table["id"].to_pylist(), table["code"].to_pylist()
+        result = near_dedup(ids, codes, self.config.near_dedup.resolve(self.seed, self.run_config.workers))
+        return {doc_id: "near_dedup" for doc_id, keep in zip(ids, result.keep) if not keep}
 
 
 FILTERS: dict[str, Callable[[SeedsStage, list[Candidate]], list[bool]]] = {

@@ -69,8 +69,14 @@ def test_override_into_a_value_is_an_error():
 
 
 def test_filters_not_built_yet_are_refused(tmp_path):
-    path = _write(tmp_path, {"run": {"work_dir": "w"}, "stages": {"seeds": {"filters": ["no_todo", "near_dedup"]}}})
-    with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*near_dedup is not built yet .*issue #5"):
+    path = _write(tmp_path, {"run": {"work_dir": "w"}, "stages": {"seeds": {"filters": ["no_todo", "docstring_judge"]}}})
+    with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*docstring_judge is not built yet .*issue #4"):
+        load_config(path, MODEL)
+
+
+def test_whole_output_filter_must_come_last(tmp_path):
+    path = _write(tmp_path, {"run": {"work_dir": "w"}, "stages": {"seeds": {"filters": ["near_dedup", "no_todo"]}}})
+    with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*near_dedup .* must come last"):
         load_config(path, MODEL)
 
 

@@ -182,3 +182,37 @@ def test_leftovers_of_a_killed_writer_are_cleaned(tmp_path):
     assert store.remove_leftovers() == 2
     log = store.commit_log()
     assert log.input_ids == {"a", "b"} and log.rows == 1 and log.dropped == {"r": 1}
+
+
+def _store_with_rows(tmp_path, n_parts=3):
+    store = StageStore(tmp_path, "s")
+    schema = pa.schema([pa.field("id", pa.string()), pa.field("text", pa.string())])
+    for p in range(n_parts):
+        rows = [{"id": f"r{p}{i}", "text": "x"} for i in range(4)]
+        store.write_batch(f"k{p}", rows, schema, [], [r["id"] for r in rows])
+    return store
+
+
+def test_drop_plan_is_saved_then_applied_once(tmp_path):
+    store = _store_with_rows(tmp_path / "a")
+    plan = {"r00": "near_dedup", "r13": "near_dedup", "r21": "near_dedup"}
+    assert store.apply_drop_plan(lambda: plan) == 3
+    assert store.apply_drop_plan(lambda: pytest.fail("a saved plan must not be recomputed")) == 0
+    log = store.commit_log()
+    assert log.rows == 9 and log.dropped == {"near_dedup": 3}
+    assert sorted(r["id"] for r in store.read_dropped().to_pylist()) == ["r00", "r13", "r21"]
+    assert "r13" not in store.read_table()["id"].to_pylist()
+
+
+def test_drop_plan_interrupted_half_way_finishes_the_same(tmp_path):
+    plan = {"r00": "near_dedup", "r13": "near_dedup", "r21": "near_dedup"}
+    reference = _store_with_rows(tmp_path / "ref")
+    reference.apply_drop_plan(lambda: plan)
+    store = _store_with_rows(tmp_path / "b")
+    # simulate a crash after the plan was saved and one part rewritten
+    store.apply_drop_plan(lambda: {"r00": "near_dedup"})
+    (store.dir / "_drop_plan.json").write_text(json.dumps(plan))
+    store.apply_drop_plan(lambda: pytest.fail("must use the saved plan"))
+    assert sorted(store.read_table()["id"].to_pylist()) == sorted(reference.read_table()["id"].to_pylist())
+    assert store.commit_log().dropped == reference.commit_log().dropped
+    assert sorted(r["id"] for r in store.read_dropped().to_pylist()) == ["r00", "r13", "r21"]

@@ -80,6 +80,33 @@ def test_each_filter_drops_its_planted_function(tmp_path, planted_corpus):
     assert sum(manifest["dropped"].values()) == len(dropped)
 
 
+def _near_copy(source: str, func: ast.FunctionDef) -> str:
+    """The function's own source lines, renamed, with a comment added: a near-duplicate."""
+    lines = source.splitlines()[func.lineno - 1 : func.end_lineno]
+    text = "\n".join(lines).replace(f"def {func.name}(", f"def {func.name}_copy(", 1)
+    return "# a copied helper\n" + text + "\n"
+
+
+def test_near_dedup_drops_near_copies_across_files(tmp_path, stdlib_corpus):
+    root = tmp_path / "corpus"
+    shutil.copytree(stdlib_corpus, root)
+    source = (root / "textwrap.py").read_text()
+    module = ast.parse(source)
+    originals = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name in ("dedent", "indent")]
+    (root / "zz_copies.py").write_text("\n\n".join(_near_copy(source, f) for f in originals))
+    filters = ["returns_value", "max_lines", "has_arguments", "near_dedup"]
+    manifest, rows, dropped = _run(tmp_path, root, filters=filters)
+    names = {r["name"] for r in rows}
+    near = [d for d in dropped if d["drop_reason"] == "near_dedup"]
+    assert manifest["dropped"]["near_dedup"] == len(near) >= 2
+    for original in ("dedent", "indent"):
+        assert (original in names) != (original + "_copy" in names), "exactly one of each pair is kept"
+    # unrelated functions of the corpus survive: only a few clusters exist in real, distinct modules
+    assert len(near) < 0.05 * manifest["rows_out"]
+    assert manifest["stats"]["functions_found"] == manifest["rows_out"] + sum(
+        v for k, v in manifest["dropped"].items() if k != "unparseable_file")
+
+
 def test_switching_a_filter_off_keeps_what_it_dropped(tmp_path, planted_corpus):
     filters = ["returns_value", "no_banned_imports", "max_lines", "has_arguments"]
     _, rows, dropped = _run(tmp_path, planted_corpus, filters=filters)
