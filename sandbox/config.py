@@ -83,7 +83,12 @@ class SandboxConfig(BaseModel):
 
     def worker_count(self) -> int:
         """Number of containers the pool runs."""
-        return self.workers or os.cpu_count() or 1
+        if self.workers:
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except (AttributeError, OSError):
+            return os.cpu_count() or 1
 
     def cpu_limit_s(self, timeout_s: float) -> int:
         """CPU-seconds rlimit for a program with wall-clock limit ``timeout_s``."""

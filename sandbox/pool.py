@@ -253,7 +253,8 @@ class SandboxPool:
                     index, job = item
                     results.put((index, slot.execute(job, stop)))
             except _Aborted:
-                pass
+                if self.closing:
+                    results.put((-1, SandboxError("the sandbox pool was closed while running jobs")))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 results.put((-1, exc))
             finally:
@@ -334,9 +335,11 @@ class SandboxPool:
         log.info("sandbox pool %s closed", self.run_id)
 
     def __enter__(self) -> "SandboxPool":
+        """The pool itself."""
         return self
 
     def __exit__(self, *exc_info) -> None:
+        """Close the pool (remove its containers), whatever happened in the block."""
         self.close()
 
     def _install_sigterm(self) -> None:

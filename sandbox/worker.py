@@ -217,10 +217,13 @@ def _finish(status):
         atexit._run_exitfuncs()
     except BaseException:  # noqa: BLE001
         pass
-    for stream in (sys.stdout, sys.stderr):
+    for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}.values():
+        flush = getattr(stream, "flush", None)
+        if flush is None:
+            continue
         try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001
+            flush()
+        except BaseException:  # noqa: BLE001 - Python itself exits 120 when flushing fails
             status = status or 120
     os._exit(status)
 

@@ -189,6 +189,39 @@ def test_memory_bomb_is_oom(pool, bomb):
     assert_pool_works(pool)
 
 
+def test_memory_bomb_across_processes_is_oom(solo):
+    # each process stays under its address-space rlimit; together they exceed the container's cgroup
+    code = """
+    import os, time
+    kids = []
+    for i in range(4):
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(300 * 1024 * 1024)
+            for j in range(0, len(block), 4096):
+                block[j] = 1
+            time.sleep(2)
+            os._exit(0)
+        kids.append(pid)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    """
+    v = run_one(solo, code, timeout=20)
+    assert v.status == "oom", v
+    assert_pool_works(solo)
+
+
+def test_closing_the_pool_mid_run_raises(sandbox_image):
+    pool = SandboxPool(SandboxConfig(workers=1, image=sandbox_image))
+    threading.Timer(1.0, pool.close).start()
+    with pytest.raises(SandboxError, match="closed"):
+        pool.run([Job(id=str(i), code="import time\ntime.sleep(0.3)") for i in range(20)])
+
+
+def test_program_replacing_stdout_still_passes(pool):
+    assert run_one(pool, "import sys\nprint('x')\nsys.stdout = None\n").status == "passed"
+
+
 def test_fork_bomb(solo):
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     v = run_one(solo, code, timeout=2)
