@@ -111,16 +111,21 @@ class _Slot:
     def start(self) -> None:
         """Start (or restart) this slot's container; SandboxError when the engine cannot."""
         self.stop()
+        if self.pool.closing:
+            raise _Aborted("the pool is closing")
         self.generation += 1
         name = f"selfcodealign-sandbox-{self.pool.run_id}-{self.index}-{self.generation}"
         try:
-            self.container = SandboxContainer(
-                self.pool.client, self.pool.config, self.pool.image, self.pool.labels, name
-            )
+            container = SandboxContainer(self.pool.client, self.pool.config, self.pool.image, self.pool.labels, name)
         except ContainerLost as exc:
             raise SandboxError(str(exc)) from None
         except ENGINE_DOWN as exc:
             raise SandboxError(f"cannot start sandbox container {name}: {str(exc)[:300]}") from None
+        with self._guard:
+            self.container = container
+        if self.pool.closing:  # closed while this container was starting: do not leak it
+            self.stop()
+            raise _Aborted("the pool is closing")
 
     def stop(self) -> None:
         """Remove the current container, if any."""
@@ -147,9 +152,13 @@ class _Slot:
         }
         failures: List[str] = []
         while True:
+            if abort is not None and abort.is_set():
+                raise _Aborted("the run was abandoned")
             if self.container is None:
                 self.start()
             container = self.container
+            if container is None or (abort is not None and abort.is_set()):
+                raise _Aborted("the run was abandoned")
             try:
                 result = container.run(payload, timeout + config.host_grace_s)
             except ContainerLost as exc:
@@ -171,7 +180,7 @@ class _Slot:
                 return Verdict.error(job.id, f"worker answered {str(result)[:300]}")
             if not result.get("healthy", True):
                 log.warning("sandbox container %s could not clean up after job %s: replacing it",
-                            self.container.name, job.id)
+                            container.name, job.id)
                 self.stop()
             return Verdict(
                 id=job.id,

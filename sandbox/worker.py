@@ -274,8 +274,9 @@ def _become_program(job, token, out_w, err_w, rep_w):
         except (ValueError, OSError):
             pass
 
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
 
     os.environ.clear()
     os.environ.update(
@@ -584,6 +585,9 @@ def main(argv):
         preload = [m for m in argv[2].split(",") if m]
     loaded = _preload(preload)
     _set_dumpable(False)  # programs (same uid) may not ptrace or read the worker
+    # As PID 1 the kernel drops signals from inside the container that have no
+    # handler; Python's SIGINT handler would let a program interrupt the worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _send({"op": "ready", "python": sys.version.split()[0], "pid": os.getpid(), "preloaded": loaded})
     for line in _lines(0):
         try:

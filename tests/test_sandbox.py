@@ -312,6 +312,28 @@ def test_files_do_not_leak_to_the_next_job(solo):
     assert run_one(solo, check).status == "passed"
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGKILL", "SIGSTOP", "SIGHUP"])
+def test_program_cannot_signal_the_worker(solo, sig):
+    before = solo.container_ids
+    code = f"import os, signal, time\nos.kill(1, signal.{sig})\ntime.sleep(0.2)\nprint('still here')\n"
+    v = run_one(solo, code)
+    assert v.status == "passed" and v.stdout == "still here\n", v
+    assert_pool_works(solo)
+    assert solo.container_ids == before  # the worker survived: no replacement was needed
+
+
+def test_program_cannot_read_the_worker(solo):
+    code = "open('/proc/1/environ').read()\n"
+    v = run_one(solo, code)
+    assert v.status == "failed" and "PermissionError" in v.stderr, v
+
+
+def test_ctrl_c_semantics_inside_the_program(solo):
+    code = "import os, signal\ntry:\n    os.kill(os.getpid(), signal.SIGINT)\nexcept KeyboardInterrupt:\n    print('caught')\n"
+    v = run_one(solo, code)
+    assert v.status == "passed" and v.stdout == "caught\n", v
+
+
 def test_random_state_is_not_shared_between_programs(solo):
     code = "import random\nprint(random.random())\n"
     outputs = {run_one(solo, code).stdout for _ in range(3)}
@@ -710,3 +732,20 @@ def test_multiprocessing_and_threads_work(pool):
     """
     v = run_one(pool, code, timeout=20)
     assert v.status == "passed", v
+
+
+def test_empty_batch_and_duplicate_ids(pool):
+    assert pool.run([]) == []
+    with pytest.raises(ValueError, match="duplicate"):
+        pool.run([Job(id="same", code="pass"), Job(id="same", code="pass")])
+
+
+def test_unknown_image_is_a_clear_error():
+    with pytest.raises(SandboxError, match="not found"):
+        SandboxPool(SandboxConfig(image="selfcodealign-sandbox:does-not-exist"))
+
+
+def test_verdict_to_dict_has_the_stable_fields(pool):
+    row = run_one(pool, OK).to_dict()
+    assert list(row) == ["id", "status", "passed", "exit_code", "duration_s", "stdout", "stderr"]
+    assert json.loads(json.dumps(row)) == row
