@@ -6,13 +6,16 @@ and ``--status`` show the whole method and asking one to run says so plainly.
 """
 
 from pipeline.stage import PlannedStage
+from stages.concepts import ConceptsStage
+from stages.instructions import InstructionsStage
+from stages.responses import ResponsesStage
 from stages.seeds import SeedsStage
 
 PIPELINE = [
     SeedsStage,
-    PlannedStage("concepts", "Concepts named by the model for each seed (S->C)", "seeds", 4),
-    PlannedStage("instructions", "An instruction written from each seed's concepts (C->I)", "concepts", 4),
-    PlannedStage("responses", "n responses with their own tests for each instruction (I->R)", "instructions", 4),
+    ConceptsStage,
+    InstructionsStage,
+    ResponsesStage,
     PlannedStage("execute", "Each response run with its tests in the Docker sandbox", "responses", 3),
     PlannedStage("dedup", "Passing responses: one per instruction, exact and MinHash near-dedup, decontaminated",
                  "execute", 5),

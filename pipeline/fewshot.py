@@ -1,0 +1,81 @@
+"""The few-shot example bank (``configs/fewshot.yaml``) and reproducible sampling from it.
+
+Each example has a seed snippet, its concepts, its properties (category,
+difficulty, language), an instruction, a response and its tests. The
+generation stages show k of them before each query; which k is decided by
+the run seed and the row's id, so a rerun (or a resumed crash) builds the
+very same prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+from pipeline.ids import stable_id
+
+DEFAULT_BANK = Path(__file__).resolve().parent.parent / "configs" / "fewshot.yaml"
+Category = Literal["function", "class", "program"]
+Difficulty = Literal["easy", "medium", "hard"]
+
+
+class Properties(BaseModel):
+    """What kind of task an example is."""
+
+    model_config = ConfigDict(extra="forbid")
+    category: Category
+    difficulty: Difficulty
+    language: str = "Python"
+
+
+class FewShotExample(BaseModel):
+    """One worked example: seed -> concepts -> instruction -> response + tests."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    seed: str = Field(min_length=1)
+    concepts: list[str] = Field(min_length=1)
+    properties: Properties
+    instruction: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+    tests: str = Field(min_length=1)
+
+
+class FewShotBank(BaseModel):
+    """All examples of one bank file."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    examples: list[FewShotExample] = Field(min_length=1)
+
+    def sample(self, k: int, *key: object) -> list[FewShotExample]:
+        """``k`` distinct examples chosen by ``key`` (e.g. run seed, stage, row id): same key, same examples."""
+        rng = random.Random(int(stable_id(*key), 16))
+        return rng.sample(self.examples, min(k, len(self.examples)))
+
+
+@lru_cache(maxsize=8)
+def load_bank(path: Path) -> FewShotBank:
+    """Read and validate a bank file; a problem names the file and the example's position and key."""
+    if not Path(path).is_file():
+        raise ConfigError(f"few-shot bank {path} does not exist")
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"few-shot bank {path}: not valid YAML ({exc})") from None
+    try:
+        bank = FewShotBank.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"few-shot bank {path}: {where}: {first['msg']}") from None
+    ids = [e.id for e in bank.examples]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"few-shot bank {path}: example ids are not unique")
+    return bank

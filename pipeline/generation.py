@@ -1,0 +1,131 @@
+"""The shape shared by the generation stages (concepts, instructions, responses).
+
+A generation stage is a map stage whose batch function builds one prompt per
+input row (k bank examples chosen by the run seed and the row id), asks the
+configured backend for ``n`` completions each, and parses every completion
+with its task. A completion that hit the token limit is dropped as
+``truncated``; one that does not parse is dropped with its parser's reason.
+Everything else becomes an output row carrying the ids back to its seed.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.config import StageConfig
+from pipeline.errors import PipelineError
+from pipeline.fewshot import DEFAULT_BANK, FewShotBank, load_bank
+from pipeline.ids import stable_id
+from pipeline.prompting import ParseFailure, PromptTask
+from pipeline.stage import BatchResult, MapStage
+
+
+class GenerationConfig(StageConfig):
+    """Settings every generation stage accepts."""
+
+    fewshot_file: Path = Field(default=DEFAULT_BANK, description="The few-shot example bank (YAML).")
+    fewshot_k: int = Field(default=8, ge=0, description="Bank examples shown before each query.")
+    mode: Literal["completion", "chat"] = Field(
+        default="completion",
+        description="completion: few-shot text for a base model; chat: the same task as chat turns for an instruct model.",
+    )
+    n: int = Field(default=1, ge=1, description="Completions per prompt.")
+    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int = Field(default=512, ge=1, description="Most new tokens per completion.")
+
+
+class GenerationStage(MapStage):
+    """A map stage that prompts the model once per input row."""
+
+    uses_model = True
+    parallel = False
+    task: ClassVar[PromptTask]
+
+    def __init__(self, config: GenerationConfig, pipeline_config: Any):
+        super().__init__(config, pipeline_config)
+        self._backend = None
+
+    def fingerprint_files(self) -> list[Path]:
+        return [Path(self.config.fewshot_file)]
+
+    @property
+    def bank(self) -> FewShotBank:
+        """The few-shot bank named by the config."""
+        return load_bank(Path(self.config.fewshot_file))
+
+    def setup(self) -> None:
+        """Load the bank (failing early on a bad file) and start the backend."""
+        self.bank  # noqa: B018 - validates the bank before the model loads
+        if self.model_config is None:
+            raise PipelineError(f"stage {self.name} generates text: the config needs a model section (model.backend, model.model)")
+        if self._backend is None:
+            from pipeline.llm import create_backend
+
+            self._backend = create_backend(self.model_config)
+
+    def teardown(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    # -- what a subclass adds ------------------------------------------------
+    def query_row(self, row: dict) -> dict:
+        """The fields the task's query shows for this row (default: the row itself)."""
+        return row
+
+    @abstractmethod
+    def output_row(self, row: dict, fields: dict, index: int) -> dict:
+        """The output row for completion ``index`` of ``row`` with parsed ``fields``."""
+
+    # -- the batch function ------------------------------------------------
+    def prompt_examples(self, row: dict):
+        """The k bank examples shown for this row, chosen by run seed, stage and row id."""
+        return self.bank.sample(self.config.fewshot_k, self.seed, self.name, row["id"])
+
+    def build_prompt(self, row: dict):
+        """The completion prompt (text) or chat messages for one row."""
+        examples = self.prompt_examples(row)
+        query = self.query_row(row)
+        if self.config.mode == "chat":
+            return self.task.chat_messages(examples, query)
+        return self.task.completion_prompt(examples, query)
+
+    def sampling(self, rows: list[dict]):
+        """Sampling parameters for a batch; the seed depends on the run seed and the batch's rows."""
+        from pipeline.llm import SamplingParams
+
+        cfg = self.config
+        return SamplingParams(
+            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+            stop=self.task.stop(), seed=int(stable_id(self.seed, self.name, *(r["id"] for r in rows)), 16) % 2**31,
+        )
+
+    def process_batch(self, rows: list[dict]) -> BatchResult:
+        """Prompt the model for every row of the batch and parse each completion."""
+        self.setup()
+        prompts = [self.build_prompt(row) for row in rows]
+        params = self.sampling(rows)
+        if self.config.mode == "chat":
+            outputs = self._backend.generate_chat(prompts, params)
+        else:
+            outputs = self._backend.generate(prompts, params)
+        result = BatchResult()
+        result.count("prompts", len(rows))
+        for row, completions in zip(rows, outputs):
+            for index, completion in enumerate(completions):
+                result.count("completions")
+                audit = {"id": stable_id(row["id"], index), "parent_id": row["id"], "completion": completion.text}
+                if completion.finish_reason != "stop":
+                    result.drop(audit, "truncated")
+                    continue
+                parsed = self.task.read_answer(completion.text)
+                if isinstance(parsed, ParseFailure):
+                    result.drop(audit, parsed.reason)
+                    continue
+                result.keep(self.output_row(row, parsed, index))
+        return result

@@ -1,0 +1,215 @@
+"""The generation stages: prompt building, parsing, and real runs on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import yaml
+
+from pipeline.cli import _model_config_class
+from pipeline.config import build_config_model, load_config
+from pipeline.fewshot import load_bank
+from pipeline.prompting import EXAMPLE_HEADER, ParseFailure
+from pipeline.runner import Runner
+from pipeline.stage import PlannedStage
+from pipeline.store import StageStore
+from stages import PIPELINE
+from stages.concepts import ConceptsTask
+from stages.instructions import InstructionsStage, InstructionTask
+from stages.responses import ResponseTask
+from tests.conftest import REPO
+from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
+
+MODEL = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},
+                           _model_config_class())
+
+BANK = {
+    "version": 1,
+    "examples": [
+        {
+            "id": f"t{i}",
+            "seed": f"def f{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n    return x + {i}\n",
+            "concepts": ["integer arithmetic", f"constant {i}"],
+            "properties": {"category": "function", "difficulty": "easy", "language": "Python"},
+            "instruction": f"Write a function add_{i}(x) that returns x plus {i}.",
+            "response": f"Add the constant.\n\n```python\ndef add_{i}(x):\n    return x + {i}\n```",
+            "tests": f"assert add_{i}(1) == {1 + i}\nassert add_{i}(0) == {i}",
+        }
+        for i in range(4)
+    ],
+}
+
+
+@pytest.fixture()
+def bank_file(tmp_path):
+    path = tmp_path / "bank.yaml"
+    path.write_text(yaml.safe_dump(BANK, sort_keys=False))
+    return path
+
+
+# -- parsers -------------------------------------------------------------------------------------------------------
+WELL_FORMED_RESPONSE = (
+    "We scan once.\n\n```python\ndef first(xs):\n    return xs[0]\n```\n\n"
+    "### Tests\n```python\nassert first([1, 2]) == 1\nassert first('ab') == 'a'\n```\n"
+)
+
+
+def test_response_parser_cases():
+    task = ResponseTask()
+    parsed = task.read_answer(WELL_FORMED_RESPONSE)
+    assert parsed == {"response": "We scan once.\n\n```python\ndef first(xs):\n    return xs[0]\n```",
+                      "tests": "assert first([1, 2]) == 1\nassert first('ab') == 'a'"}
+    extra = WELL_FORMED_RESPONSE + f"\n{EXAMPLE_HEADER} 9\n### Instruction\nSomething else\n### Response\nmore"
+    assert task.read_answer(extra) == parsed
+    assert task.read_answer("### Response\n" + WELL_FORMED_RESPONSE) == parsed, "a repeated header is cut"
+    truncated = "We scan once.\n\n```python\ndef first(xs):\n    return"
+    assert task.read_answer(truncated) == ParseFailure("no_tests")
+    no_tests = "We scan once.\n\n```python\ndef first(xs):\n    return xs[0]\n```\n"
+    assert task.read_answer(no_tests) == ParseFailure("no_tests")
+    no_code = "Just use indexing.\n\n### Tests\n```python\nassert True\n```"
+    assert task.read_answer(no_code) == ParseFailure("no_code")
+    empty_tests = "x\n```python\npass\n```\n### Tests\n```python\n```"
+    assert task.read_answer(empty_tests) == ParseFailure("no_tests")
+    assert task.read_answer("") == ParseFailure("empty")
+    assert task.read_answer("  \n ") == ParseFailure("empty")
+
+
+def test_concepts_and_instruction_parsers():
+    concepts = ConceptsTask()
+    assert concepts.read_answer("- recursion\n- memoization\n- recursion\n\nThe end") == {
+        "concepts": ["recursion", "memoization"]}
+    assert concepts.read_answer("- a\n- b\n## Example 3\n- c") == {"concepts": ["a", "b"]}
+    assert concepts.read_answer("recursion and loops") == ParseFailure("no_concepts")
+    assert concepts.read_answer("") == ParseFailure("empty")
+    instructions = InstructionTask()
+    assert instructions.read_answer(" Write a function that reverses a list in place. \n") == {
+        "instruction": "Write a function that reverses a list in place."}
+    assert instructions.read_answer("Do it.") == ParseFailure("too_short")
+
+
+def test_prompts_end_where_the_model_continues(bank_file):
+    bank = load_bank(bank_file)
+    task = ResponseTask()
+    prompt = task.completion_prompt(bank.examples[:2], {"instruction": "Reverse a string."})
+    assert prompt.endswith("## Example 3\n### Instruction\nReverse a string.\n### Response\n")
+    assert prompt.count("### Tests") == 2 and task.stop()[0] == "\n## Example"
+    messages = task.chat_messages(bank.examples[:2], {"instruction": "Reverse a string."})
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert task.read_answer(messages[2]["content"])["tests"].startswith("assert add_0(1) == 1")
+
+
+def test_bank_sampling_is_reproducible(bank_file):
+    bank = load_bank(bank_file)
+    first = [e.id for e in bank.sample(3, 42, "concepts", "row-1")]
+    assert first == [e.id for e in bank.sample(3, 42, "concepts", "row-1")]
+    draws = {tuple(e.id for e in bank.sample(3, 42, "concepts", f"row-{i}")) for i in range(30)}
+    assert len(draws) > 3, "different rows see different examples"
+
+
+def test_categories_follow_their_weights(tmp_path):
+    config = load_config(_recipe(tmp_path, None, "unused"), MODEL)
+    stage = InstructionsStage(config.stages.instructions, config)
+    draws = [stage.draw_properties(f"seed-{i}") for i in range(4000)]
+    assert draws == [stage.draw_properties(f"seed-{i}") for i in range(4000)]
+    share = Counter(c for c, _ in draws)
+    assert abs(share["function"] / 4000 - 0.5) < 0.03 and abs(share["class"] / 4000 - 0.25) < 0.03
+    assert set(d for _, d in draws) == {"easy", "medium", "hard"}
+
+
+# -- real runs on the tiny model -------------------------------------------------------------------------------------
+def _recipe(tmp_path, bank_file, model_dir, **stage_settings):
+    stages = {name: {"fewshot_k": 2, "max_tokens": 24, "batch_size": 2, **stage_settings}
+              for name in ("concepts", "instructions", "responses")}
+    if bank_file:
+        for section in stages.values():
+            section["fewshot_file"] = str(bank_file)
+    stages["responses"]["n"] = 2
+    recipe = {
+        "run": {"work_dir": str(tmp_path / "work"), "batch_size": 2},
+        "model": {"backend": "transformers", "model": str(model_dir), "device": "cpu", "dtype": "float32",
+                  "show_progress": False},
+        "stages": stages,
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+SEEDS = [{"id": f"s{i}", "code": f"def g{i}(a):\n    \"\"\"Double a.\"\"\"\n    return a * {i}\n"} for i in range(5)]
+CONCEPTS = [{"id": f"c{i}", "seed_id": f"s{i}", "concepts": ["loops", f"topic {i}"]} for i in range(3)]
+INSTRUCTIONS = [{"id": f"i{i}", "seed_id": f"s{i}", "instruction": f"Write a function that returns {i} squared."}
+                for i in range(3)]
+
+
+@pytest.mark.parametrize("stage,rows,n", [("concepts", SEEDS, 1), ("instructions", CONCEPTS, 1),
+                                          ("responses", INSTRUCTIONS, 2)])
+def test_generation_stage_runs_and_counts_add_up(tmp_path, bank_file, tiny_model_dir, stage, rows, n):
+    runner = Runner(load_config(_recipe(tmp_path, bank_file, tiny_model_dir), MODEL), PIPELINE)
+    [manifest] = runner.run([stage], input_override=_jsonl(tmp_path / "in.jsonl", rows))
+    stats = manifest["stats"]
+    assert manifest["rows_in"] == stats["prompts"] == len(rows)
+    assert stats["completions"] == len(rows) * n == manifest["rows_out"] + sum(manifest["dropped"].values())
+    dropped = runner.store(stage).read_dropped().to_pylist()
+    assert len(dropped) == sum(manifest["dropped"].values())
+    assert all(d["parent_id"] in {r["id"] for r in rows} for d in dropped)
+    # the same command again is done; a fresh work dir reproduces the same rows and drops
+    again = Runner(load_config(_recipe(tmp_path / "again", bank_file, tiny_model_dir), MODEL), PIPELINE)
+    [second] = again.run([stage], input_override=_jsonl(tmp_path / "in.jsonl", rows))
+    assert second["output_digest"] == manifest["output_digest"] and second["dropped"] == manifest["dropped"]
+    assert sorted(map(json.dumps, again.store(stage).read_dropped().to_pylist())) == sorted(map(json.dumps, dropped))
+
+
+def test_chat_mode_runs_on_the_chat_template(tmp_path, bank_file, tiny_model_dir):
+    runner = Runner(load_config(_recipe(tmp_path, bank_file, tiny_model_dir, mode="chat"), MODEL), PIPELINE)
+    [manifest] = runner.run(["concepts"], input_override=_jsonl(tmp_path / "in.jsonl", SEEDS[:2]))
+    assert manifest["stats"]["completions"] == 2
+    assert manifest["config"]["stage"]["mode"] == "chat"
+
+
+def test_missing_model_section_is_a_clear_error(tmp_path, bank_file, tiny_model_dir):
+    from pipeline.errors import PipelineError
+
+    config = load_config(_recipe(tmp_path, bank_file, tiny_model_dir), MODEL, ["model=null"])
+    with pytest.raises(PipelineError, match="needs a model section"):
+        Runner(config, PIPELINE).run(["concepts"], input_override=_jsonl(tmp_path / "in.jsonl", SEEDS))
+
+
+def test_sigkill_mid_generation_then_rerun_equals_uninterrupted(tmp_path, bank_file, tiny_model_dir):
+    rows = [{"id": f"i{i}", "seed_id": f"s{i}", "instruction": f"Write code number {i} please."} for i in range(12)]
+    data = _jsonl(tmp_path / "in.jsonl", rows)
+    reference = _recipe(tmp_path / "ref", bank_file, tiny_model_dir, max_tokens=48)
+    killed = _recipe(tmp_path / "killed", bank_file, tiny_model_dir, max_tokens=48)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, str(REPO / "run_pipeline.py"), "--stage", "responses", "--input", data, "--config"]
+    done = subprocess.run(command + [str(reference)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(command + [str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    store = StageStore(tmp_path / "killed/work", "responses")
+    deadline = time.time() + 300
+    while len(store.part_paths()) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not store.manifest_path.exists() and 2 <= len(store.part_paths()) < 6
+    rerun = subprocess.run(command + [str(killed)], env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    ref_store = StageStore(tmp_path / "ref/work", "responses")
+    assert ref_store.read_manifest()["output_digest"] == store.read_manifest()["output_digest"]
+    dump = lambda s: sorted(json.dumps(r, sort_keys=True) for r in s.read_dropped().to_pylist())  # noqa: E731
+    assert dump(store) == dump(ref_store)
+    assert store.read_manifest()["dropped"] == ref_store.read_manifest()["dropped"]
