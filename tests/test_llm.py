@@ -100,6 +100,44 @@ def test_stop_strings_cut_text_and_finish_with_stop(tiny_backend):
     assert stop not in cut[0].text
 
 
+def test_stop_strings_only_match_generated_text(tiny_backend):
+    for prompt in PROMPTS + [p + " y" for p in PROMPTS]:
+        (full,) = tiny_backend.generate([prompt], SamplingParams(max_tokens=12))
+        text = full[0].text
+        straddling = prompt[-1] + text[:2]  # would match across the prompt's end
+        if len(text) >= 2 and straddling not in text:
+            break
+    else:
+        pytest.fail("no prompt suits this check")
+    (out,) = tiny_backend.generate([prompt], SamplingParams(max_tokens=12, stop=[straddling]))
+    assert out[0] == full[0] and out[0].finish_reason == "length"
+
+
+def test_stop_strings_stop_each_row_of_a_batch(tiny_backend):
+    fulls = tiny_backend.generate(PROMPTS, SamplingParams(max_tokens=16))
+    stop = fulls[1][0].text[4:6]
+    cut = tiny_backend.generate(PROMPTS, SamplingParams(max_tokens=16, stop=[stop]))
+    for (f,), (c,) in zip(fulls, cut):
+        expected = f.text[: f.text.find(stop)] if stop in f.text else f.text
+        assert c.text == expected
+        assert c.finish_reason == ("stop" if stop in f.text else "length")
+
+
+def test_stop_criterion_looks_at_generated_tokens_only(tiny_backend):
+    import torch
+
+    from pipeline.llm.transformers_backend import _StopOnGeneratedText
+
+    tok = tiny_backend.tokenizer
+    prompt = tok("return x\n", add_special_tokens=False)["input_ids"]
+    ending = tok("y = 2\nreturn", add_special_tokens=False)["input_ids"]
+    clean = tok("y = 2", add_special_tokens=False)["input_ids"]
+    clean = clean + [tok.pad_token_id] * (len(ending) - len(clean))
+    ids = torch.tensor([prompt + ending, prompt + clean])
+    crit = _StopOnGeneratedText(tok, ["return"], prompt_len=len(prompt))
+    assert crit(ids, None).tolist() == [True, False]
+
+
 def test_eos_and_early_stop_rows_finish_with_stop(tiny_backend):
     eos, pad = tiny_backend.tokenizer.eos_token_id, tiny_backend.tokenizer.pad_token_id
     params = SamplingParams(max_tokens=6)
@@ -146,6 +184,15 @@ def test_chat_without_template_is_a_clear_error(tiny_backend):
 def test_missing_model_dir_is_a_backend_error(tmp_path):
     with pytest.raises(BackendError, match="cannot load model"):
         create_backend(LLMConfig(backend="transformers", model=str(tmp_path / "nope"), device="cpu"))
+
+
+def test_unavailable_device_is_a_backend_error(tiny_model_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(BackendError, match="CUDA is not available"):
+        create_backend(LLMConfig(backend="transformers", model=str(tiny_model_dir), device="cuda"))
 
 
 def test_missing_gguf_file_is_a_backend_error(tmp_path):

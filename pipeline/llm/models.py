@@ -60,8 +60,14 @@ def gguf_cache_key(gguf_path: str | Path, dtype: str) -> str:
 
     p = Path(gguf_path).resolve()
     st = p.stat()
+    dtype = _cache_dtype(dtype)
     raw = f"{p}|{st.st_size}|{st.st_mtime_ns}|{dtype}|{transformers.__version__}"
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _cache_dtype(dtype: str) -> str:
+    """The dtype a cache is stored in: GGUF de-quantizes to float32, so 'auto' means float32."""
+    return "float32" if dtype == "auto" else dtype
 
 
 def gguf_cache_path(gguf_path: str | Path, cache_dir: str | Path, dtype: str) -> Path:
@@ -73,8 +79,8 @@ def gguf_cache_path(gguf_path: str | Path, cache_dir: str | Path, dtype: str) ->
 def ensure_gguf_cached(gguf_path: str | Path, cache_dir: str | Path, dtype: str = "auto") -> Path:
     """Return a safetensors model directory for ``gguf_path``, converting it first if not cached.
 
-    ``dtype`` is ``"auto"`` (keep the de-quantized float32) or a torch dtype
-    name the weights are cast to before saving.
+    ``dtype`` is ``"auto"`` (the de-quantized float32, same cache as
+    ``"float32"``) or a torch dtype name the weights are cast to before saving.
     """
     gguf = Path(gguf_path)
     if not gguf.is_file():
@@ -103,19 +109,17 @@ def _convert_gguf(gguf: Path, out_dir: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = _cache_dtype(dtype)
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    if dtype != "auto":
-        config.dtype = dtype
+    config.dtype = dtype
     with torch.device("meta"):
         fresh = AutoModelForCausalLM.from_config(config)
-    state = loaded.state_dict()
-    if dtype != "auto":
-        state = {k: v.to(getattr(torch, dtype)) for k, v in state.items()}
+    state = {k: v.to(getattr(torch, dtype)) for k, v in loaded.state_dict().items()}
     fresh.load_state_dict(state, assign=True, strict=True)
     fresh.tie_weights()
     fresh.generation_config = loaded.generation_config
