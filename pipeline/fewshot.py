@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.ids import stable_id
 
 DEFAULT_BANK = Path(__file__).resolve().parent.parent / "configs" / "fewshot.yaml"
+DEFAULT_JUDGE_BANK = DEFAULT_BANK.with_name("docstring_judge.yaml")
 Category = Literal["function", "class", "program"]
 Difficulty = Literal["easy", "medium", "hard"]
 
@@ -60,9 +61,30 @@ class FewShotBank(BaseModel):
         return rng.sample(self.examples, min(k, len(self.examples)))
 
 
-@lru_cache(maxsize=8)
-def load_bank(path: Path) -> FewShotBank:
-    """Read and validate a bank file; a problem names the file and the example's position and key."""
+class JudgeExample(BaseModel):
+    """One worked example of the docstring judge: a function and whether its docstring suffices."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    function: str = Field(min_length=1)
+    verdict: Literal["yes", "no"]
+
+
+class JudgeBank(BaseModel):
+    """The docstring judge's examples."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    examples: list[JudgeExample] = Field(min_length=2)
+
+    def sample(self, k: int, *key: object) -> list[JudgeExample]:
+        """``k`` examples chosen by ``key``, as :meth:`FewShotBank.sample`."""
+        rng = random.Random(int(stable_id(*key), 16))
+        return rng.sample(self.examples, min(k, len(self.examples)))
+
+
+def _load(path: Path, model: type[BaseModel]):
+    """Read and validate a YAML bank; a problem names the file, the example's position and key."""
     if not Path(path).is_file():
         raise ConfigError(f"few-shot bank {path} does not exist")
     try:
@@ -70,7 +92,7 @@ def load_bank(path: Path) -> FewShotBank:
     except yaml.YAMLError as exc:
         raise ConfigError(f"few-shot bank {path}: not valid YAML ({exc})") from None
     try:
-        bank = FewShotBank.model_validate(data)
+        bank = model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -79,3 +101,15 @@ def load_bank(path: Path) -> FewShotBank:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"few-shot bank {path}: example ids are not unique")
     return bank
+
+
+@lru_cache(maxsize=8)
+def load_bank(path: Path) -> FewShotBank:
+    """The seed -> concepts -> instruction -> response bank at ``path``."""
+    return _load(path, FewShotBank)
+
+
+@lru_cache(maxsize=8)
+def load_judge_bank(path: Path) -> JudgeBank:
+    """The docstring judge's bank at ``path``."""
+    return _load(path, JudgeBank)

@@ -109,23 +109,32 @@ class GenerationStage(MapStage):
         """Prompt the model for every row of the batch and parse each completion."""
         self.setup()
         prompts = [self.build_prompt(row) for row in rows]
-        params = self.sampling(rows)
-        if self.config.mode == "chat":
-            outputs = self._backend.generate_chat(prompts, params)
-        else:
-            outputs = self._backend.generate(prompts, params)
+        answers = ask(self._backend, self.task, prompts, self.sampling(rows), chat=self.config.mode == "chat")
         result = BatchResult()
         result.count("prompts", len(rows))
-        for row, completions in zip(rows, outputs):
-            for index, completion in enumerate(completions):
+        for row, samples in zip(rows, answers):
+            for index, (completion, parsed) in enumerate(samples):
                 result.count("completions")
-                audit = {"id": stable_id(row["id"], index), "parent_id": row["id"], "completion": completion.text}
-                if completion.finish_reason != "stop":
-                    result.drop(audit, "truncated")
-                    continue
-                parsed = self.task.read_answer(completion.text)
                 if isinstance(parsed, ParseFailure):
+                    audit = {"id": stable_id(row["id"], index), "parent_id": row["id"], "completion": completion.text}
                     result.drop(audit, parsed.reason)
-                    continue
-                result.keep(self.output_row(row, parsed, index))
+                else:
+                    result.keep(self.output_row(row, parsed, index))
         return result
+
+
+def ask(backend, task: PromptTask, prompts: list, params, chat: bool = False) -> list[list[tuple[Any, Any]]]:
+    """Send prompts (text, or chat messages when ``chat``) and parse every completion with ``task``.
+
+    Returns, per prompt, ``(completion, parsed fields or ParseFailure)`` for each of the n samples; a
+    completion that hit the token limit is a ``ParseFailure("truncated")``.
+    """
+    outputs = backend.generate_chat(prompts, params) if chat else backend.generate(prompts, params)
+    answers = []
+    for completions in outputs:
+        parsed = [
+            (c, task.read_answer(c.text) if c.finish_reason == "stop" else ParseFailure("truncated"))
+            for c in completions
+        ]
+        answers.append(parsed)
+    return answers

@@ -19,8 +19,10 @@ first filter a function fails is its drop reason:
   word 5-gram shingles of the source, Jaccard 0.5, datasketch LSH); it compares
   seeds across all batches, so it runs once every batch is committed and must
   come last in the chain;
-* ``docstring_judge`` (the model-judged docstring filter) has its place in the
-  chain and comes with issue #4.
+* ``docstring_judge`` (off by default; needs the model): few-shot yes/no prompts
+  ask whether the docstring alone says enough to re-implement the function; a
+  strict majority of ``samples`` answers must say yes (ties count as no). Like
+  near_dedup it runs once every batch is committed, so both come last.
 
 Counts add up: ``functions_found = rows_out + the sum of the function-level drops``
 and ``rows_in = files_parsed + unparseable_file``.
@@ -37,6 +39,7 @@ from pydantic import Field, field_validator
 from pipeline.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_files
 from pipeline.config import StageConfig, StrictModel
 from pipeline.contamination import BenchmarkIndex
+from pipeline.docstring_judge import JudgeSettings, judge_docstrings
 from pipeline.errors import InputError
 from pipeline.ids import stable_id
 from pipeline.inputs import DATA_SUFFIXES, InputSource
@@ -49,8 +52,7 @@ FilterName = Literal[
     "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments",
     "typechecks", "not_benchmark", "docstring_judge", "near_dedup",
 ]
-NOT_BUILT = {"docstring_judge": 4}
-WHOLE_OUTPUT_FILTERS = {"near_dedup"}
+WHOLE_OUTPUT_FILTERS = ("docstring_judge", "near_dedup")
 DEFAULT_FILTERS = [
     "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments", "not_benchmark", "typechecks",
     "near_dedup",
@@ -123,17 +125,22 @@ class SeedsConfig(StageConfig):
         description="Stop after this many seeds (the first in input order), counted before near_dedup.",
     )
     near_dedup: NearDedupSettings = Field(default_factory=lambda: NearDedupSettings(threshold=0.5))
+    docstring_judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     @field_validator("filters")
     @classmethod
-    def _built_filters_only(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if name in NOT_BUILT:
-                raise ValueError(f"filter {name} is not built yet (tracked in issue #{NOT_BUILT[name]}); remove it")
+    def _whole_output_filters_last(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError("a filter is listed twice")
-        if "near_dedup" in value and value[-1] != "near_dedup":
-            raise ValueError("near_dedup compares seeds across the whole output, so it must come last")
+        seen_whole = False
+        for name in value:
+            if name in WHOLE_OUTPUT_FILTERS:
+                seen_whole = True
+            elif seen_whole:
+                raise ValueError(
+                    f"{name} comes after a whole-output filter; docstring_judge and near_dedup run once every "
+                    "batch is done, so they must come last"
+                )
         return value
 
 
@@ -165,6 +172,11 @@ class SeedsStage(MapStage):
     def __init__(self, config: SeedsConfig, pipeline_config):
         super().__init__(config, pipeline_config)
         self._benchmarks: BenchmarkIndex | None = None
+
+    @property
+    def uses_model(self) -> bool:  # type: ignore[override]
+        """The model is part of the fingerprint only when the docstring judge is on."""
+        return "docstring_judge" in self.config.filters
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -274,15 +286,33 @@ class SeedsStage(MapStage):
 
 
     def whole_output_drops(self, store) -> dict[str, str]:
-        """near_dedup: one seed per cluster of near-duplicate functions across all batches."""
-        if "near_dedup" not in self.config.filters:
+        """docstring_judge and near_dedup, in their order in the chain, over the seeds of all batches."""
+        steps = [name for name in self.config.filters if name in WHOLE_OUTPUT_FILTERS]
+        if not steps:
             return {}
         table = store.read_table(["id", "code"])
-        if table.num_rows == 0:
-            return {}
-        ids, codes = table["id"].to_pylist(), table["code"].to_pylist()
-        result = near_dedup(ids, codes, self.config.near_dedup.resolve(self.seed, self.run_config.workers))
-        return {doc_id: "near_dedup" for doc_id, keep in zip(ids, result.keep) if not keep}
+        rows = [r for r in table.to_pylist()]
+        drops: dict[str, str] = {}
+        for step in steps:
+            rows = [r for r in rows if r["id"] not in drops]
+            if not rows:
+                break
+            if step == "docstring_judge":
+                drops.update({rid: step for rid, ok in self._judge(rows).items() if not ok})
+            else:
+                config = self.config.near_dedup.resolve(self.seed, self.run_config.workers)
+                result = near_dedup([r["id"] for r in rows], [r["code"] for r in rows], config)
+                drops.update({r["id"]: step for r, keep in zip(rows, result.keep) if not keep})
+        return drops
+
+    def _judge(self, rows: list[dict]) -> dict[str, bool]:
+        """Ask the model whether each seed's docstring says enough to re-implement it."""
+        if self.model_config is None:
+            raise InputError("stages.seeds.filters has docstring_judge: the config needs a model section")
+        from pipeline.llm import create_backend
+
+        with create_backend(self.model_config) as backend:
+            return judge_docstrings(backend, rows, self.config.docstring_judge, self.seed)
 
 
 FILTERS: dict[str, Callable[[SeedsStage, list[Candidate]], list[bool]]] = {

@@ -29,7 +29,9 @@ def test_recipes_in_configs_validate():
     paper = load_config(REPO / "configs/selfcodealign-sc2-15b.yaml", MODEL)
     assert paper.model.backend == "vllm" and paper.model.model == "bigcode/starcoder2-15b"
     assert paper.stages.seeds.source.dataset == "bigcode/the-stack"
-    assert paper.stages.responses == {"n": 10, "temperature": 0.7, "max_tokens": 1536}
+    responses = paper.stages.responses
+    assert (responses.n, responses.temperature, responses.max_tokens) == (10, 0.7, 1536)
+    assert paper.stages.concepts.fewshot_k == 8
     assert paper.stages.finetune["learning_rate"] == 1e-5 and paper.stages.finetune["gradient_accumulation_steps"] == 64
 
 
@@ -68,16 +70,13 @@ def test_override_into_a_value_is_an_error():
         apply_overrides({"run": {"seed": 1}}, ["run.seed.x=2"])
 
 
-def test_filters_not_built_yet_are_refused(tmp_path):
-    path = _write(tmp_path, {"run": {"work_dir": "w"}, "stages": {"seeds": {"filters": ["no_todo", "docstring_judge"]}}})
-    with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*docstring_judge is not built yet .*issue #4"):
-        load_config(path, MODEL)
-
-
 def test_whole_output_filter_must_come_last(tmp_path):
     path = _write(tmp_path, {"run": {"work_dir": "w"}, "stages": {"seeds": {"filters": ["near_dedup", "no_todo"]}}})
-    with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*near_dedup .* must come last"):
+    with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*no_todo comes after a whole-output filter"):
         load_config(path, MODEL)
+    fine = _write(tmp_path, {"run": {"work_dir": "w"},
+                             "stages": {"seeds": {"filters": ["no_todo", "docstring_judge", "near_dedup"]}}})
+    assert load_config(fine, MODEL).stages.seeds.filters[-2:] == ["docstring_judge", "near_dedup"]
 
 
 def test_cli_misspelled_key_is_one_line_and_exit_2(tmp_path):

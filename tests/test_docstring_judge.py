@@ -1,0 +1,80 @@
+"""The docstring judge: prompt, parsing, the majority rule, and a real run in the seeds stage."""
+
+from __future__ import annotations
+
+import yaml
+
+from pipeline.docstring_judge import DocstringJudgeTask, JudgeSettings, judge_docstrings, signature_and_docstring
+from pipeline.fewshot import DEFAULT_JUDGE_BANK, load_judge_bank
+from pipeline.llm import Backend, Completion
+from pipeline.prompting import ParseFailure
+from pipeline.store import StageStore
+from tests.conftest import run_cli, write_recipe
+from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
+
+CODE = 'def double(x):\n    """Return twice x."""\n    y = x * 2\n    return y\n'
+
+
+class ScriptedBackend(Backend):
+    """Answers every prompt with the same scripted samples (model output fixtures for the majority rule)."""
+
+    def __init__(self, answers_by_marker: dict[str, list[str]]):
+        self.answers = answers_by_marker
+        self.prompts: list[str] = []
+
+    def generate(self, prompts, params):
+        self.prompts.extend(prompts)
+        out = []
+        for prompt in prompts:
+            marker = next(m for m in self.answers if m in prompt.rsplit("## Example", 1)[-1])
+            out.append([Completion(text=t, finish_reason="stop") for t in self.answers[marker][: params.n]])
+        return out
+
+    def generate_chat(self, conversations, params):
+        raise AssertionError("not used")
+
+
+def test_bank_and_prompt():
+    bank = load_judge_bank(DEFAULT_JUDGE_BANK)
+    assert {e.verdict for e in bank.examples} == {"yes", "no"}
+    assert signature_and_docstring(CODE) == 'def double(x):\n    """Return twice x."""'
+    task = DocstringJudgeTask()
+    prompt = task.completion_prompt(bank.examples[:2], {"code": CODE})
+    assert prompt.endswith('### Function\n```python\ndef double(x):\n    """Return twice x."""\n```\n'
+                           "### Enough to re-implement\n")
+    assert "y = x * 2" not in prompt
+    assert task.read_answer(" Yes.") == {"yes": True} and task.read_answer("no") == {"yes": False}
+    assert task.read_answer("maybe") == ParseFailure("unclear")
+
+
+def test_majority_rule_ties_and_unclear_count_as_no():
+    rows = [{"id": name, "code": f'def {name}(x):\n    """Doc of {name}."""\n    return x\n'}
+            for name in ("clear", "tie", "fuzzy", "against")]
+    backend = ScriptedBackend({
+        "def clear": ["yes", "yes", "no"],
+        "def tie": ["yes", "no", "yes", "no"],
+        "def fuzzy": ["yes", "perhaps", "hmm"],
+        "def against": ["no", "no", "yes"],
+    })
+    three = judge_docstrings(backend, rows, JudgeSettings(samples=3, fewshot_k=2), seed=1)
+    assert three == {"clear": True, "tie": True, "fuzzy": False, "against": False}
+    four = judge_docstrings(backend, rows[:2], JudgeSettings(samples=4, fewshot_k=2), seed=1)
+    assert four == {"clear": True, "tie": False}, "2 yes of 4 is a tie: no"
+
+
+def test_judge_in_the_seeds_stage_with_a_real_model(tmp_path, stdlib_corpus, tiny_model_dir):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "work",
+                          source={"kind": "local", "paths": [str(stdlib_corpus / "textwrap.py")]},
+                          filters=["returns_value", "docstring_judge"],
+                          docstring_judge={"samples": 3, "fewshot_k": 2})
+    data = yaml.safe_load(recipe.read_text())
+    data["model"] = {"backend": "transformers", "model": str(tiny_model_dir), "device": "cpu", "show_progress": False}
+    recipe.write_text(yaml.safe_dump(data))
+    result = run_cli("--config", str(recipe), "--stage", "seeds")
+    assert result.returncode == 0, result.stderr
+    store = StageStore(tmp_path / "work", "seeds")
+    manifest = store.read_manifest()
+    judged = manifest["stats"]["functions_found"] - manifest["dropped"].get("returns_value", 0)
+    assert judged > 0
+    assert manifest["rows_out"] + manifest["dropped"].get("docstring_judge", 0) == judged
+    assert "model" in manifest["config"], "the judge's model is part of the stage's config and fingerprint"
