@@ -20,17 +20,20 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import PipelineError
+
 FinishReason = Literal["stop", "length"]
 
 #: A chat conversation: ``[{"role": "user", "content": "..."}, ...]``.
 Conversation = list[dict[str, str]]
 
 
-class BackendError(RuntimeError):
+class BackendError(PipelineError, RuntimeError):
     """A backend could not produce completions (unreachable server, unknown model, auth, missing package).
 
     The message is one line naming what failed (URL, model, package), meant to
-    be shown to a user as it is.
+    be shown to a user as it is; being a :class:`PipelineError`, the command
+    line prints it without a traceback.
     """
 
 
