@@ -117,7 +117,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{tag} is up to date", file=sys.stderr)
     else:
         method = "offline" if args.offline else "dockerfile" if args.dockerfile else "auto"
-        tag = build_image(config, method=method, client=client)
+        tag = build_image(config, method=method, client=client, force=args.force)
         print(f"built {tag}", file=sys.stderr)
     print(tag)
     return 0
@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     how = build.add_mutually_exclusive_group()
     how.add_argument("--offline", action="store_true", help="debootstrap + docker import (no registry needed)")
     how.add_argument("--dockerfile", action="store_true", help="sandbox/Dockerfile (needs a registry)")
-    build.add_argument("--force", action="store_true", help="rebuild even if the tag exists")
+    build.add_argument("--force", action="store_true",
+                       help="rebuild from scratch even if the tag exists (fresh Debian base / fresh pull, no cache)")
     build.set_defaults(func=cmd_build)
 
     clean = sub.add_parser("clean", help="remove leftover sandbox containers")

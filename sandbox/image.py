@@ -124,11 +124,12 @@ def _context_tar() -> io.BytesIO:
     return buf
 
 
-def _docker_build(client: docker.DockerClient, tag: str, base: str, method: str) -> None:
+def _docker_build(client: docker.DockerClient, tag: str, base: str, method: str, force: bool = False) -> None:
     try:
         client.images.build(
-            fileobj=_context_tar(), custom_context=True, tag=tag, rm=True, forcerm=True,
-            pull=False, buildargs={"BASE": base}, labels={LABEL: "1", f"{LABEL}.build": method},
+            fileobj=_context_tar(), custom_context=True, tag=tag, rm=True, forcerm=True, nocache=force,
+            pull=force and method == "dockerfile", buildargs={"BASE": base},
+            labels={LABEL: "1", f"{LABEL}.build": method},
         )
     except docker.errors.BuildError as exc:
         tail = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)[-800:]
@@ -140,10 +141,13 @@ def _docker_build(client: docker.DockerClient, tag: str, base: str, method: str)
         raise SandboxError(f"building {tag} failed: {exc.explanation or exc}") from None
 
 
-def build_offline_base(client: docker.DockerClient, mirror: str) -> str:
-    """Make the Debian+python3 base image with debootstrap and ``docker import``; returns its tag."""
+def build_offline_base(client: docker.DockerClient, mirror: str, force: bool = False) -> str:
+    """Make the Debian+python3 base image with debootstrap and ``docker import``; returns its tag.
+
+    An existing base is reused unless ``force`` (e.g. to pick up Debian security updates).
+    """
     tag = base_tag()
-    if image_exists(client, tag):
+    if image_exists(client, tag) and not force:
         return tag
     if shutil.which("debootstrap") is None:
         raise SandboxError(
@@ -187,8 +191,12 @@ def build_image(
     config: Optional[SandboxConfig] = None,
     method: Optional[str] = None,
     client: Optional[docker.DockerClient] = None,
+    force: bool = False,
 ) -> str:
-    """Build the sandbox image (``method``: auto/offline/dockerfile; default from config); returns its tag."""
+    """Build the sandbox image (``method``: auto/offline/dockerfile; default from config); returns its tag.
+
+    ``force`` rebuilds from scratch: a fresh offline base / a fresh pull, no layer cache.
+    """
     config = config or SandboxConfig()
     client = client or connect(config.docker_url)
     method = method or config.build
@@ -200,13 +208,13 @@ def build_image(
                      else "registry reachable: building from %s" % DOCKERFILE)
         try:
             if method == "offline":
-                base = build_offline_base(client, config.debian_mirror)
+                base = build_offline_base(client, config.debian_mirror, force=force)
             elif method == "dockerfile":
                 base = REGISTRY_BASE
             else:
                 raise SandboxError(f"unknown build method {method!r} (auto, offline, dockerfile)")
             log.info("building sandbox image %s (%s)", tag, method)
-            _docker_build(client, tag, base, method)
+            _docker_build(client, tag, base, method, force=force)
         except ENGINE_DOWN as exc:
             if isinstance(exc, SandboxError):
                 raise

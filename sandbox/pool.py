@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import signal
 import socket
@@ -33,8 +34,10 @@ _DONE = object()
 
 
 def _close_live_pools() -> None:
+    """At interpreter exit: close the pools this process opened (not those a forked child inherited)."""
     for pool in list(_LIVE_POOLS):
-        pool.close()
+        if pool.owner_pid == os.getpid():
+            pool.close()
 
 
 atexit.register(_close_live_pools)
@@ -206,6 +209,7 @@ class SandboxPool:
         self.client = client or connect(self.config.docker_url)
         self.image = ensure_image(self.config, self.client)
         self.run_id = uuid.uuid4().hex[:10]
+        self.owner_pid = os.getpid()
         self.labels = owner_labels(self.run_id)
         self.closing = False
         self._lock = threading.Lock()

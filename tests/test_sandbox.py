@@ -749,3 +749,23 @@ def test_verdict_to_dict_has_the_stable_fields(pool):
     row = run_one(pool, OK).to_dict()
     assert list(row) == ["id", "status", "passed", "exit_code", "duration_s", "stdout", "stderr"]
     assert json.loads(json.dumps(row)) == row
+
+
+FORK_SCRIPT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from sandbox import Job, SandboxConfig, SandboxPool
+pool = SandboxPool(SandboxConfig(workers=1, image={image!r}))
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal interpreter exit in the child runs the atexit handlers it inherited
+os.waitpid(pid, 0)
+print(pool.run([Job(id="after-fork", code="assert True")])[0].status)
+pool.close()
+"""
+
+
+def test_forked_child_exiting_does_not_close_the_parents_pool(sandbox_image):
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT.format(repo=str(REPO), image=sandbox_image)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "passed", proc.stderr
