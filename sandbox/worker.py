@@ -25,7 +25,7 @@ one test ran, ``exit()``, ``raise SystemExit``).
 """
 
 import ast
-import errno
+import gc
 import json
 import os
 import resource
@@ -73,6 +73,16 @@ def _set_dumpable(flag):
         _LIBC[0].prctl(4, 1 if flag else 0, 0, 0, 0)  # PR_SET_DUMPABLE
     except Exception:  # noqa: BLE001
         pass
+
+
+def _close_fds_from(lowest):
+    """Close every file descriptor >= ``lowest`` (one close_range call where libc has it)."""
+    try:
+        if _LIBC and _LIBC[0].close_range(lowest, 0xFFFFFFFF, 0) == 0:
+            return
+    except Exception:  # noqa: BLE001 - old libc: fall back to closing one by one
+        pass
+    os.closerange(lowest, 1 << 16)
 
 
 class _Tail:
@@ -241,7 +251,7 @@ def _become_program(job, token, out_w, err_w, rep_w):
     os.dup2(err_w, 2)
     os.dup2(rep_w, REPORT_FD)  # dup2 leaves it inheritable; exec'd helpers lose it:
     os.set_inheritable(REPORT_FD, False)
-    os.closerange(REPORT_FD + 1, 1 << 16)
+    _close_fds_from(REPORT_FD + 1)
 
     os.chdir(JOB_DIR)
     os.umask(0o022)
@@ -585,6 +595,10 @@ def main(argv):
         preload = [m for m in argv[2].split(",") if m]
     loaded = _preload(preload)
     _set_dumpable(False)  # programs (same uid) may not ptrace or read the worker
+    # Move everything loaded so far out of the collector's sight: a program's garbage
+    # collections then do not touch (and copy-on-write) the worker's inherited pages.
+    gc.collect()
+    gc.freeze()
     # As PID 1 the kernel drops signals from inside the container that have no
     # handler; Python's SIGINT handler would let a program interrupt the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
