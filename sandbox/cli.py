@@ -60,6 +60,21 @@ def read_jobs(path: Path) -> List[Job]:
     return jobs
 
 
+def _positive(kind):
+    """argparse type: a number of ``kind`` greater than zero."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
+
+
 def _progress(total: int, quiet: bool):
     from tqdm import tqdm
 
@@ -85,13 +100,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["memory_mb"] = args.memory_mb
     if args.image is not None:
         overrides["image"] = args.image
-    config = SandboxConfig(**overrides)
+    try:
+        config = SandboxConfig(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"msg": str(exc), "loc": ()}
+        print(f"error: invalid option {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
     out_path = Path(args.output)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out = out_path.open("w", encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {out_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     counts = collections.Counter()
     start = time.monotonic()
-    with SandboxPool(config) as pool, out_path.open("w", encoding="utf-8") as out, \
-            _progress(len(jobs), args.quiet) as bar:
+    with out, SandboxPool(config) as pool, _progress(len(jobs), args.quiet) as bar:
         for verdict in pool.imap(jobs, ordered=True):
             out.write(json.dumps(verdict.to_dict(), ensure_ascii=False) + "\n")
             out.flush()
@@ -141,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run programs from a JSONL file, write verdicts to a JSONL file")
     run.add_argument("--input", required=True, help='JSONL file, one {"id", "code", optional "timeout"} per line')
     run.add_argument("--output", required=True, help="JSONL file to write, one verdict per line, in input order")
-    run.add_argument("--workers", type=int, default=None, help="containers (default: one per CPU core)")
-    run.add_argument("--timeout", type=float, default=None, help="default wall-clock limit per program, seconds")
-    run.add_argument("--memory-mb", type=int, default=None, help="address-space limit per program, MiB")
+    run.add_argument("--workers", type=_positive(int), default=None, help="containers (default: one per CPU core)")
+    run.add_argument("--timeout", type=_positive(float), default=None, help="default wall-clock limit per program, seconds")
+    run.add_argument("--memory-mb", type=_positive(int), default=None, help="address-space limit per program, MiB")
     run.add_argument("--image", default=None, help="image to use instead of the built-in recipe's")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)

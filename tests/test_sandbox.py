@@ -769,3 +769,12 @@ def test_forked_child_exiting_does_not_close_the_parents_pool(sandbox_image):
     proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT.format(repo=str(REPO), image=sandbox_image)],
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "passed", proc.stderr
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "a", "code": "pass"}\n')
+    proc = run_sandbox_cli("run", "--input", str(jobs), "--output", str(tmp_path / "o.jsonl"), "--workers", "0")
+    assert proc.returncode == 2 and "must be positive" in proc.stderr
+    proc = run_sandbox_cli("run", "--input", str(jobs), "--output", str(tmp_path / "o.jsonl"), "--memory-mb", "4")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: invalid option memory_mb")
