@@ -2,7 +2,7 @@
 
     python -m sandbox run --input JOBS.jsonl --output RESULTS.jsonl [--workers N] [--timeout S]
     python -m sandbox build [--offline | --dockerfile]
-    python -m sandbox clean [--all]
+    python -m sandbox clean [--all] [--images]
 
 ``run`` reads one job per line (``{"id": ..., "code": ..., "timeout": optional}``) and
 writes one result per line, in input order, each with id, status, passed,
@@ -152,8 +152,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from .engine import connect
     from .pool import remove_stale_containers
 
-    removed = remove_stale_containers(connect(SandboxConfig().docker_url), everything=args.all)
+    client = connect(SandboxConfig().docker_url)
+    removed = remove_stale_containers(client, everything=args.all)
     print(f"removed {len(removed)} sandbox container(s)", file=sys.stderr)
+    if args.images:
+        from .image import remove_old_images
+
+        tags = remove_old_images(client)
+        print(f"removed {len(tags)} old sandbox image tag(s){': ' + ', '.join(tags) if tags else ''}", file=sys.stderr)
     return 0
 
 
@@ -182,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     clean = sub.add_parser("clean", help="remove leftover sandbox containers")
     clean.add_argument("--all", action="store_true", help="also those of runs still alive")
+    clean.add_argument("--images", action="store_true", help="also remove image tags of older recipes")
     clean.set_defaults(func=cmd_clean)
     return parser
 

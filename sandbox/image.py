@@ -239,3 +239,19 @@ def ensure_image(config: Optional[SandboxConfig] = None, client: Optional[docker
             return tag
     log.warning("sandbox image %s is missing: building it now", tag)
     return build_image(config, client=client)
+
+
+def remove_old_images(client: docker.DockerClient) -> list:
+    """Remove ``selfcodealign-sandbox:*`` tags other than the current recipe's (and bases but the current one)."""
+    keep = {image_tag(), base_tag()}
+    removed = []
+    for repo in (IMAGE_REPO, BASE_REPO):
+        for image in client.images.list(name=repo):
+            for tag in image.tags:
+                if tag.startswith(repo + ":") and tag not in keep:
+                    try:
+                        client.images.remove(tag)
+                        removed.append(tag)
+                    except docker.errors.APIError as exc:  # e.g. still used by a container
+                        log.warning("could not remove %s: %s", tag, exc.explanation or exc)
+    return removed
