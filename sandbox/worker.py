@@ -438,7 +438,7 @@ def _read_into(fd, sink):
         return False
     if not data:
         return False
-    sink.add(data) if hasattr(sink, "add") else sink.extend(data)
+    sink.add(data)
     return True
 
 
@@ -475,7 +475,7 @@ def run_job(job):
     for fd in (out_w, err_w, rep_w):
         os.close(fd)
 
-    stdout, stderr, report = _Tail(output_limit), _Tail(output_limit), bytearray()
+    stdout, stderr, report = _Tail(output_limit), _Tail(output_limit), _Tail(4096)
     readers = {out_r: stdout, err_r: stderr, rep_r: report}
     for fd in readers:
         os.set_blocking(fd, False)
@@ -527,7 +527,7 @@ def run_job(job):
     exit_code = os.waitstatus_to_exitcode(wait_status) if hasattr(os, "waitstatus_to_exitcode") else (
         -os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else os.WEXITSTATUS(wait_status)
     )
-    marks = bytes(report).decode("ascii", errors="replace").split("\n")
+    marks = bytes(report.buf).decode("ascii", errors="replace").split("\n")
     completed = ("%s done %d" % (token, pid)) in marks
     out_of_memory = any(line.startswith(token + " oom ") for line in marks)
     cpu_limit = (job.get("limits") or {}).get("cpu_s")
@@ -537,10 +537,10 @@ def run_job(job):
         status = "timeout"
     elif exit_code == -signal.SIGXCPU or (cpu_limit and exit_code == -signal.SIGKILL and cpu_used >= cpu_limit):
         status = "timeout"
+    elif exit_code == 0 and completed:
+        status = "passed"  # ran to its end; a helper process it lost to the OOM killer is its own business
     elif out_of_memory or (oom_before is not None and oom_after is not None and oom_after > oom_before):
         status = "oom"
-    elif exit_code == 0 and completed:
-        status = "passed"
     else:
         status = "failed"
 

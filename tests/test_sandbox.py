@@ -120,6 +120,21 @@ def test_printing_the_marker_cannot_fake_a_pass(pool):
     assert run_one(pool, code).status == "failed"
 
 
+def test_writing_to_the_report_pipe_cannot_fake_a_pass(pool):
+    code = (
+        "import os, sys\n"
+        "for fd in range(3, 10):\n"
+        "    try:\n"
+        "        os.write(fd, (f'guess done {os.getpid()}\\n' * 1000).encode())\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os._exit(0)\n"
+        "assert False\n"
+    )
+    v = run_one(pool, code)
+    assert v.status == "failed" and v.exit_code == 0, v
+
+
 UNITTEST = """
 import unittest
 
@@ -204,10 +219,12 @@ def test_memory_bomb_across_processes_is_oom(solo):
             os._exit(0)
         kids.append(pid)
     for pid in kids:
-        os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, f"child killed: {status}"
     """
     v = run_one(solo, code, timeout=20)
     assert v.status == "oom", v
+    assert "child killed: 9" in v.stderr
     assert_pool_works(solo)
 
 
