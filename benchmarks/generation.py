@@ -2,7 +2,9 @@
 
 Generates greedy completions for the same prompts twice, once in batches
 (left padded) and once one prompt per call, and prints the time, tokens/s of
-each, the speed-up, and how many outputs are identical. With left padding,
+each, the speed-up, and how many outputs are identical. The two ways are
+interleaved batch by batch so that, on a shared machine, both see the same
+load; the process's CPU time is printed beside the wall time. With left padding,
 greedy outputs may differ slightly from unpadded ones (padding changes the
 floating-point arithmetic, and a near-tie between two tokens can flip); the
 count is reported as measured.
@@ -17,6 +19,7 @@ tokens; one that ended by EOS is re-tokenized to count (approximate).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -104,13 +107,20 @@ def main() -> None:
 
     backend.generate(prompts[:2], SamplingParams(max_tokens=2))  # warm-up
 
-    t0 = time.perf_counter()
-    batched = backend.generate(prompts, params)
-    batched_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    single = [backend.generate([p], params)[0] for p in prompts]
-    single_s = time.perf_counter() - t0
+    # Interleave the two ways group by group, so both see the same load on a
+    # shared machine; wall time and this process's CPU time are both kept.
+    batched, single = [], []
+    batched_s = single_s = batched_cpu = single_cpu = 0.0
+    for start in range(0, len(prompts), args.batch_size):
+        group = prompts[start : start + args.batch_size]
+        w, c = time.perf_counter(), time.process_time()
+        batched.extend(backend.generate(group, params))
+        batched_s += time.perf_counter() - w
+        batched_cpu += time.process_time() - c
+        w, c = time.perf_counter(), time.process_time()
+        single.extend(backend.generate([p], params)[0] for p in group)
+        single_s += time.perf_counter() - w
+        single_cpu += time.process_time() - c
 
     tok_batched = count_tokens(backend, batched, args.max_tokens)
     tok_single = count_tokens(backend, single, args.max_tokens)
@@ -119,9 +129,17 @@ def main() -> None:
 
     print(f"model: {args.model} ({backend.source}); loaded in {load_s:.1f}s")
     print(f"prompts: {len(prompts)}, greedy, max_tokens={args.max_tokens}, batch_size={args.batch_size}, CPU threads: {_threads()}")
-    print(f"one at a time: {single_s:7.2f}s  {tok_single / single_s:8.1f} tok/s  ({tok_single} tokens)")
-    print(f"batched      : {batched_s:7.2f}s  {tok_batched / batched_s:8.1f} tok/s  ({tok_batched} tokens)")
-    print(f"speed-up     : {single_s / batched_s:.2f}x")
+    print(f"load average: {_loadavg()}")
+    print("               wall      tok/s (wall)   CPU s   tok/CPU s")
+    print(
+        f"one at a time: {single_s:7.2f}s  {tok_single / single_s:8.1f}      "
+        f"{single_cpu:7.2f}  {tok_single / single_cpu:8.1f}   ({tok_single} tokens)"
+    )
+    print(
+        f"batched      : {batched_s:7.2f}s  {tok_batched / batched_s:8.1f}      "
+        f"{batched_cpu:7.2f}  {tok_batched / batched_cpu:8.1f}   ({tok_batched} tokens)"
+    )
+    print(f"speed-up     : {single_s / batched_s:.2f}x wall, {single_cpu / batched_cpu:.2f}x CPU time")
     print(f"identical outputs: {same}/{len(prompts)}", end="")
     if prefix:
         print(f"; the {len(prefix)} that differ agree on their first {min(prefix)}-{max(prefix)} characters")
@@ -140,6 +158,13 @@ def _common_prefix(a: str, b: str) -> str:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return a[:n]
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
+    except OSError:
+        return "unknown"
 
 
 def _threads() -> int:
