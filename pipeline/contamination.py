@@ -37,8 +37,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 __all__ = [
     "BenchmarkEntry",
+    "BenchmarkFile",
     "BenchmarkIndex",
     "humaneval_entries",
     "jsonl_entries",
@@ -257,3 +260,23 @@ class BenchmarkIndex:
             if norm in hay:
                 return task_id
         return None
+
+
+class BenchmarkFile(BaseModel):
+    """A benchmark to decontaminate against (config): a JSONL file and the fields holding prompts/solutions."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: Path = Field(description="JSONL (optionally .gz) file of benchmark problems, e.g. MBPP.")
+    fields: list[str] = Field(
+        default_factory=lambda: ["prompt", "text", "code"], description="Fields holding prompts or solutions."
+    )
+
+
+def benchmark_index(files: Sequence[BenchmarkFile] = ()) -> BenchmarkIndex:
+    """HumanEval (built in) plus the benchmark files a config lists."""
+    for file in files:
+        if not Path(file.path).is_file():
+            from pipeline.errors import ConfigError
+
+            raise ConfigError(f"benchmark file {file.path} does not exist")
+    return BenchmarkIndex.build([(f.path, f.fields) for f in files])

@@ -43,6 +43,7 @@ from pipeline.minhash import EMPTY_HASH, minhash_signatures
 __all__ = [
     "NearDedupConfig",
     "NearDedupResult",
+    "NearDedupSettings",
     "candidate_pairs",
     "dedup_signatures",
     "near_dedup",
@@ -214,3 +215,18 @@ def near_dedup(ids: Sequence[str], texts: Sequence[str], config: NearDedupConfig
         texts, num_perm=config.num_perm, ngram=config.ngram, seed=config.seed, workers=config.workers
     )
     return dedup_signatures(ids, signatures, config)
+
+
+class NearDedupSettings(BaseModel):
+    """Near-dedup settings as a stage's config section; the run seed and worker count come from the run."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(default=0.7, gt=0, le=1, description="Jaccard similarity that makes two near-duplicates.")
+    ngram: int = Field(default=5, ge=1, description="Words per shingle.")
+    num_perm: int = Field(default=128, ge=16, description="MinHash permutations.")
+
+    def resolve(self, seed: int, workers: int) -> NearDedupConfig:
+        """The module's config for this run."""
+        return NearDedupConfig(
+            threshold=self.threshold, ngram=self.ngram, num_perm=self.num_perm, seed=seed % 2**32, workers=workers
+        )

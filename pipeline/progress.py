@@ -18,17 +18,11 @@ from tqdm.auto import tqdm
 def progress(total: int | None = None, desc: str = "", unit: str = "rows", **kwargs) -> tqdm:
     """A progress bar with rate and ETA that stays quiet in non-interactive output."""
     interactive = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        dynamic_ncols=True,
-        mininterval=0.5 if interactive else 30.0,
-        smoothing=0.1,
-        leave=interactive,
-        file=sys.stderr,
-        **kwargs,
+    options = dict(
+        dynamic_ncols=True, mininterval=0.5 if interactive else 30.0, smoothing=0.1, leave=interactive, file=sys.stderr
     )
+    options.update(kwargs)
+    return tqdm(total=total, desc=desc, unit=unit, **options)
 
 
 def setup_logging(work_dir: Path | None, level: str = "INFO") -> Path | None:

@@ -87,10 +87,17 @@ class Runner:
     # -- fingerprints and states ---------------------------------------------
     def fingerprint(self, stage: Stage) -> str:
         """Hash of everything that decides the stage's output, apart from its input."""
+        view = fingerprint_view(stage.config)
+        for path in stage.unfingerprinted:
+            *parents, leaf = path.split(".")
+            node = view
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(leaf, None)
         payload: dict[str, Any] = {
             "stage": stage.name,
             "version": stage.version,
-            "config": fingerprint_view(stage.config),
+            "config": view,
             "seed": self.config.run.seed,
         }
         if stage.uses_model:

@@ -68,6 +68,8 @@ class Stage(ABC):
     """Bump when the stage's logic changes what it outputs: finished runs then go stale."""
     uses_model: ClassVar[bool] = False
     """Whether the top-level ``model`` section is part of this stage's fingerprint."""
+    unfingerprinted: ClassVar[tuple[str, ...]] = ()
+    """Dotted config paths (inside the stage's section) that do not change its output."""
 
     def __init__(self, config: StageConfig, pipeline_config: Any):
         self.config = config

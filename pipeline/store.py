@@ -132,6 +132,14 @@ class StageStore:
         if self.dir.exists():
             shutil.rmtree(self.dir)
 
+    def reset_parts(self) -> None:
+        """Remove every part (kept and dropped) but keep the run record: for stages that redo all their work."""
+        for path in self.part_paths():
+            path.unlink()
+        if self.dropped_dir.exists():
+            shutil.rmtree(self.dropped_dir)
+        (self.dir / DROP_PLAN).unlink(missing_ok=True)
+
     def remove_leftovers(self) -> int:
         """Delete temporary files of killed writers and dropped parts without their kept part; return how many."""
         removed = 0

