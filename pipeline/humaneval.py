@@ -44,13 +44,15 @@ from __future__ import annotations
 
 import ast
 import gzip
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 from pipeline.errors import PipelineError
+from pipeline.inputs import InputSource
 from pipeline.prompting import python_blocks
 
 PromptFormat = Literal["completion", "chat"]
@@ -255,3 +257,43 @@ def pass_at_1(results: Iterable[ProblemResult | dict]) -> dict:
     flags = [r.passed if isinstance(r, ProblemResult) else bool(r["passed"]) for r in results]
     total, passed = len(flags), sum(flags)
     return {"pass@1": round(passed / total, 4) if total else 0.0, "passed": passed, "total": total}
+
+
+# -- the stage's input ---------------------------------------------------------------
+class ProblemSource(InputSource):
+    """Benchmark problems as a stage input: one row per problem, ``id`` = ``task_id``.
+
+    ``digest`` is given by the caller: the evaluate stage makes it the
+    fine-tuning stage's output digest (so a new fine-tuned model makes the
+    evaluation stale), or a digest of the problems when they come from ``--input``.
+    """
+
+    def __init__(self, problems: list[dict], digest: str, description: str):
+        self.problems = problems
+        self._digest = digest
+        self.description = description
+
+    def columns(self) -> list[str]:
+        """The HumanEval fields every problem has."""
+        return list(REQUIRED_FIELDS)
+
+    def iter_rows(self) -> Iterator[dict]:
+        """The problems in benchmark order, each with ``id`` set to its task id."""
+        for problem in self.problems:
+            yield {**problem, "id": problem["task_id"]}
+
+    def digest(self) -> str:
+        """The digest chosen by the caller."""
+        return self._digest
+
+    def count(self) -> int | None:
+        """How many problems."""
+        return len(self.problems)
+
+
+def problems_digest(problems: list[dict]) -> str:
+    """A short digest of problems' content (task id, prompt, entry point, tests)."""
+    h = hashlib.sha256()
+    for problem in problems:
+        h.update(json.dumps([problem[name] for name in REQUIRED_FIELDS]).encode())
+    return h.hexdigest()[:16]
