@@ -55,6 +55,7 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
         help="feed the (first) selected stage from a Parquet/JSONL file, a folder of them, or a Hub dataset id",
     )
     parser.add_argument("--status", action="store_true", help="print every stage's state, rows, drops and time")
+    parser.add_argument("--report", action="store_true", help="write work_dir/report.html and print the funnel and pass@1")
     parser.add_argument(
         "--publish-dry-run", metavar="DIR", type=Path,
         help="write exactly what publishing the selected (done) stages would upload into DIR",
@@ -68,7 +69,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     """Parse arguments, validate the config, and run, report or publish; return the exit code."""
     parser = build_parser(registry)
     args = parser.parse_args(argv)
-    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish):
+    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report):
         parser.print_help()
         return 0
     from pipeline.runner import Runner
@@ -93,6 +94,10 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
 
             built = [n for n in names if not isinstance(runner.entry(n), PlannedStage)]
             publish(runner, built, dry_run_dir=args.publish_dry_run)
+        if args.report:
+            from pipeline.report import write_report
+
+            print(write_report(runner))
         return 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
