@@ -1,0 +1,319 @@
+"""finetune: supervised fine-tuning of the base model on the conversations it wrote itself.
+
+Full fine-tuning with transformers' Trainer and the Adafactor optimizer, as
+in the paper: learning rate 1e-5, 4 epochs, an effective batch of 64
+conversations (1 per step, 64 accumulated), 5% warm-up then a linear decay,
+sequences of at most 1280 tokens, bfloat16 where the device has it (float32
+on CPU) and every dropout of the model forced to 0.
+
+Each conversation (the ``messages`` column: any number of system, user and
+assistant turns) is rendered with a chat format (the plain
+instruction/response layout by default, a ChatML-style one with special
+tokens as an option) and tokenised; the loss is computed on the assistant
+answers only, their end markers included: every system and user token is
+labelled -100. Conversations longer than ``max_length`` tokens are truncated
+(or dropped, ``overflow: drop``); one row per conversation records its token
+count and what became of it (``kept``, ``truncated``; dropped ones under
+``dropped/`` with their reason).
+
+Before the model is loaded, its memory need (weights, gradients, Adafactor's
+factored state, activations with or without gradient checkpointing) is
+estimated, printed and compared with the device's memory; a run that cannot
+fit stops at once. Checkpoints go to ``finetune/checkpoints/``: rerunning the
+same command after a crash resumes from the last one. The result, model,
+tokenizer and chat template together, is saved in ``finetune/model/``, so
+``AutoTokenizer.from_pretrained(...).apply_chat_template(messages)`` renders
+conversations exactly as in training; the loss curve is ``finetune/loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.errors import PipelineError
+from pipeline.ids import stable_id
+from pipeline.map_runner import manifest_fields
+from pipeline.stage import WholeStage
+from pipeline.training import memory
+from pipeline.training.data import (
+    ConversationDataset, ConversationEncoder, Encoded, PaddingCollator, pack, plain_rows,
+)
+
+PART_ROWS = 10_000
+
+
+class FinetuneConfig(StageConfig):
+    """Settings of the finetune stage (defaults: the paper's recipe)."""
+
+    base_model: str | None = Field(
+        default=None, description="Model to fine-tune (directory, Hub id, .gguf, 'gemma3-270m-gguf'); default: model.model.")
+    chat_format: Literal["instruction", "chatml"] = Field(
+        default="instruction",
+        description="'instruction': ### Instruction / ### Response blocks; 'chatml': <|system|> <|user|> "
+                    "<|assistant|> <|end|> special tokens (added to the tokenizer when missing).")
+    system_prompt: str | None = Field(
+        default=None, description="Preamble for conversations without a system turn; default: the format's own.")
+    use_default_system: bool = Field(
+        default=True, description="Render the format's preamble when a conversation has no system turn.")
+    optimizer: Literal["adafactor"] = Field(default="adafactor", description="Optimizer (Adafactor, as in the paper).")
+    learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
+    num_epochs: float = Field(default=4.0, gt=0, description="Passes over the data.")
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")
+    per_device_batch_size: int = Field(default=1, ge=1, description="Conversations (or packed rows) per forward pass.")
+    gradient_accumulation_steps: int = Field(default=64, ge=1, description="Forward passes per optimizer step.")
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of the steps spent warming up.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="Learning-rate schedule after warm-up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="Weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    max_length: int = Field(default=1280, ge=8, description="Tokens per conversation at most.")
+    overflow: Literal["truncate", "drop"] = Field(
+        default="truncate", description="What to do with longer conversations: cut them, or drop them.")
+    bf16: bool = Field(default=True, description="Train in bfloat16 where the device supports it; float32 on CPU.")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Every dropout probability of the model is set to this.")
+    batching: Literal["pad", "group_by_length", "pack"] = Field(
+        default="pad", description="Batches padded in sampler order, length-grouped, or conversations packed per row.")
+    gradient_checkpointing: bool = not_fingerprinted(
+        "Recompute activations in the backward pass to save memory.", default=True)
+    save_steps: int = not_fingerprinted("Save a checkpoint every this many optimizer steps.", default=50, gt=0)
+    save_total_limit: int = not_fingerprinted("Checkpoints kept (oldest removed).", default=2, ge=1)
+    logging_steps: int = not_fingerprinted("Log the loss every this many optimizer steps.", default=1, ge=1)
+    fit_check: bool = not_fingerprinted(
+        "Estimate memory before loading and stop when the model cannot fit.", default=True)
+    push_to_hub: bool = not_fingerprinted(
+        "Upload finetune/model to <hub.namespace>/<hub_model_name> when done.", default=False)
+    hub_model_name: str | None = not_fingerprinted("Hub model repository name; default: hub.prefix.", default=None)
+
+
+class FinetuneStage(WholeStage):
+    """Fine-tune the model on the conversations, loss on the answers only."""
+
+    name = "finetune"
+    title = "Supervised fine-tuning with Adafactor, loss on the answers only"
+    upstream = "dedup"
+    Config = FinetuneConfig
+    uses_model = True
+    input_columns = {"id": "conversation id", "messages": "the conversation: a list of {role, content} turns"}
+    output_columns = {
+        "id": (pa.string(), "the conversation id"),
+        "n_tokens": (pa.int64(), "tokens of the rendered conversation, before truncation"),
+        "n_train_tokens": (pa.int64(), "tokens trained on (after truncation)"),
+        "n_label_tokens": (pa.int64(), "answer tokens that carry the loss"),
+        "status": (pa.string(), "kept or truncated"),
+    }
+
+    def __init__(self, config, pipeline_config):
+        super().__init__(config, pipeline_config)
+        self.hub_config = getattr(pipeline_config, "hub", None)
+
+    # -- the model and its memory ------------------------------------------------
+    def model_name(self) -> str:
+        """The model to fine-tune: ``base_model`` if set, else the top-level ``model.model``."""
+        name = self.config.base_model or (self.model_config.model if self.model_config else None)
+        if not name:
+            raise PipelineError("finetune needs a model: set model.model or stages.finetune.base_model")
+        return name
+
+    def cache_dir(self) -> Path:
+        """Where GGUF models are converted to safetensors."""
+        from pipeline.llm.config import default_cache_dir
+
+        return self.model_config.resolved_cache_dir() if self.model_config else default_cache_dir()
+
+    def fit_estimate(self, model_dir: str, added_tokens: int, bf16: bool, cuda: bool) -> dict | None:
+        """Estimate, log and check the memory need; None when the model's shape is unknown here."""
+        shape = memory.lookup(model_dir) or memory.lookup(self.model_name())
+        if shape is None:
+            self.log.warning("finetune: no local config for %s: memory not estimated", model_dir)
+            return None
+        cfg = self.config
+        est = memory.estimate(shape.with_extra_tokens(added_tokens), cfg.max_length, cfg.per_device_batch_size,
+                              bf16=bf16, fused_attention=cuda, cuda=cuda)
+        for line in memory.format_estimate(est, cfg.gradient_checkpointing).splitlines():
+            self.log.info(line)
+        available, where = memory.available_memory()
+        if cfg.fit_check:
+            memory.check_fit(est, cfg.gradient_checkpointing, available, where)
+        gib = memory.GIB
+        return {"n_params": est.n_params, "needed_gib": round(est.total(cfg.gradient_checkpointing) / gib, 2),
+                "available_gib": round(available / gib, 2), "device": where,
+                "weights_gib": round(est.weights / gib, 2), "gradients_gib": round(est.gradients / gib, 2),
+                "optimizer_gib": round((est.optimizer_state + est.optimizer_step) / gib, 2),
+                "activations_gib": round(est.activations / gib, 2),
+                "activations_checkpointed_gib": round(est.activations_checkpointed / gib, 2),
+                "logits_gib": round(est.logits / gib, 2)}
+
+    # -- data ------------------------------------------------------------------
+    def encode_all(self, ctx, encoder: ConversationEncoder) -> list[tuple[dict, Encoded]]:
+        """Every input conversation with its encoding."""
+        cfg = self.config
+        return [(row, encoder.encode(row["messages"], cfg.max_length, cfg.overflow)) for row in ctx.source.iter_rows()]
+
+    def write_rows(self, store, encoded: list[tuple[dict, Encoded]]) -> None:
+        """One row per conversation: kept and truncated ones in the parts, dropped ones under dropped/."""
+        store.reset_parts()
+        for start in range(0, len(encoded), PART_ROWS):
+            chunk = encoded[start : start + PART_ROWS]
+            kept, dropped = [], []
+            stats = {"train_tokens_per_epoch": 0, "label_tokens_per_epoch": 0, "truncated": 0}
+            for row, enc in chunk:
+                record = {"id": row["id"], "n_tokens": enc.n_tokens, "n_train_tokens": len(enc.input_ids),
+                          "n_label_tokens": enc.n_label_tokens, "status": enc.status}
+                if enc.kept:
+                    kept.append(record)
+                    stats["train_tokens_per_epoch"] += len(enc.input_ids)
+                    stats["label_tokens_per_epoch"] += enc.n_label_tokens
+                    stats["truncated"] += enc.status == "truncated"
+                else:
+                    dropped.append({**record, "drop_reason": enc.drop_reason})
+            ids = [row["id"] for row, _ in chunk]
+            store.write_batch(stable_id(*ids), kept, self.output_schema(), dropped, ids, stats,
+                              keep_dropped=self.run_config.keep_dropped)
+
+    def train_rows(self, examples: list[Encoded]) -> list[dict]:
+        """Training rows: one per conversation, or packed."""
+        if self.config.batching == "pack":
+            return pack(examples, self.config.max_length)
+        return plain_rows(examples)
+
+    # -- training --------------------------------------------------------------
+    def training_arguments(self, out_dir: Path, bf16: bool, cuda: bool):
+        """transformers ``TrainingArguments`` for the configured recipe."""
+        from transformers import TrainingArguments
+
+        cfg = self.config
+        return TrainingArguments(
+            output_dir=str(out_dir),
+            per_device_train_batch_size=cfg.per_device_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            num_train_epochs=cfg.num_epochs,
+            max_steps=cfg.max_steps or -1,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=cfg.warmup_ratio,
+            optim=cfg.optimizer,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            bf16=bf16,
+            use_cpu=not cuda,
+            activation_checkpointing=cfg.gradient_checkpointing,
+            train_sampling_strategy="group_by_length" if cfg.batching == "group_by_length" else "random",
+            logging_steps=cfg.logging_steps,
+            logging_first_step=True,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            seed=self.seed,
+            data_seed=self.seed,
+            report_to="none",
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
+
+    def run(self, ctx) -> dict:
+        """Encode the conversations, check the fit, train (resuming a crashed run), save and report."""
+        import torch
+        from transformers import AutoTokenizer, Trainer
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from pipeline.training.modeling import load_for_training, resolve_model_dir
+        from pipeline.training.plot import loss_points, plot_loss
+
+        cfg = self.config
+        store = ctx.store
+        if cfg.push_to_hub:
+            from pipeline.training.publish import model_repo_id
+
+            model_repo_id(self.hub_config, cfg.hub_model_name)  # fail now, not after hours of training
+        model_dir = resolve_model_dir(self.model_name(), self.cache_dir())
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        encoder = ConversationEncoder(tokenizer, cfg.chat_format, cfg.system_prompt, cfg.use_default_system)
+        encoded = self.encode_all(ctx, encoder)
+        self.write_rows(store, encoded)
+        examples = [enc for _, enc in encoded if enc.kept]
+        if not examples:
+            raise PipelineError(f"finetune: none of the {len(encoded)} input conversations can be trained on "
+                                "(see finetune/dropped/ for the reasons)")
+        cuda = torch.cuda.is_available()
+        bf16 = bool(cfg.bf16 and cuda and torch.cuda.is_bf16_supported())
+        fit = self.fit_estimate(model_dir, encoder.added_tokens, bf16, cuda)
+
+        model, forced = load_for_training(model_dir, torch.bfloat16 if bf16 else torch.float32, cfg.dropout,
+                                          len(tokenizer))
+        if forced:
+            self.log.info("finetune: dropout forced to %s (was %s)", cfg.dropout, forced)
+        checkpoints = store.dir / "checkpoints"
+        trainer = Trainer(
+            model=model, args=self.training_arguments(checkpoints, bf16, cuda),
+            train_dataset=ConversationDataset(self.train_rows(examples)),
+            data_collator=PaddingCollator(tokenizer.pad_token_id, 8 if cuda else None),
+            processing_class=tokenizer,
+        )
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if last:
+            self.log.info("finetune: resuming from %s", last)
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=last)
+        runtime = time.time() - started
+
+        out = self.save_model(trainer, encoder, store.dir / "model")
+        history = trainer.state.log_history
+        (store.dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+        png = plot_loss(history, store.dir / "loss.png", f"{ctx.pipeline_config.name}: finetune")
+        _, losses = loss_points(history)
+        repo = None
+        if cfg.push_to_hub:
+            from pipeline.training.publish import push_model
+
+            repo = push_model(self.hub_config, out, cfg.hub_model_name)
+
+        fields = manifest_fields(store.commit_log())
+        per_epoch = fields["stats"].get("train_tokens_per_epoch", 0)
+        epochs = float(trainer.state.epoch or 0)
+        fields["stats"].update({
+            "train_steps": int(trainer.state.global_step),
+            "train_tokens": int(round(per_epoch * epochs)),
+            "final_loss": round(losses[-1], 4) if losses else None,
+            "mean_loss": round(float(result.training_loss), 4),
+            "train_runtime_s": round(runtime, 1),
+        })
+        fields["training"] = {
+            "model_dir": str(out), "base_model": self.model_name(), "resolved_from": model_dir,
+            "chat_format": cfg.chat_format, "epochs": round(epochs, 3), "resumed_from": last,
+            "global_step": int(trainer.state.global_step), "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None, "bf16": bf16, "device": "cuda" if cuda else "cpu",
+            "dropout_forced": forced, "added_tokens": encoder.added_tokens, "loss_png": str(png) if png else None,
+            "fit_estimate": fit, "hub_repo": repo,
+            "total_steps_planned": int(trainer.state.max_steps),
+            "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset),
+            "tokens_per_second": round(per_epoch * epochs / runtime, 1) if runtime > 0 and not last else None,
+        }
+        return fields
+
+    def save_model(self, trainer, encoder: ConversationEncoder, target: Path) -> Path:
+        """Save model, tokenizer and chat template together (atomically replacing any earlier save)."""
+        model = trainer.model
+        model.config.use_cache = True
+        generation = model.generation_config
+        stops = encoder.stop_token_ids
+        generation.eos_token_id = stops if len(stops) > 1 else stops[0]
+        generation.pad_token_id = encoder.tokenizer.pad_token_id
+        tmp = target.with_name(f".{target.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        trainer.save_model(str(tmp))
+        encoder.tokenizer.save_pretrained(str(tmp))
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        return target
+
