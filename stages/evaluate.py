@@ -17,7 +17,9 @@ settings. Normally the stage reads the finetune stage's output, so it goes
 stale whenever a new model is trained. With ``--input`` (``humaneval``, or a
 HumanEval-format JSONL/Parquet file such as HumanEval+) the problems come
 from there, and the finetune stage is needed only if ``evaluate_finetuned``
-is on.
+is on (a file's digest then includes the finetune stage's output digest;
+with the name ``humaneval`` a finished evaluation is reused until the
+config changes, so track a retrained model by running without ``--input``).
 
 Output: one row per (model, problem) with the raw answer, the program run
 and its verdict; the manifest's ``results`` holds pass@1 per model and its
@@ -237,8 +239,8 @@ class EvaluateStage(WholeStage):
         params = self.sampling(contender.prompt_format)
         self.log.info("evaluate: %s model %s, %s prompts, %d problems", contender.label, contender.model_path,
                       contender.prompt_format, len(problems))
-        bar = progress(total=len(problems), desc=f"evaluate {contender.label}", unit="problems")
         backend = self.open_backend(contender.llm_config)
+        bar = progress(total=len(problems), desc=f"evaluate {contender.label}", unit="problems")
         try:
             for start in range(0, len(problems), size):
                 batch = problems[start : start + size]
@@ -275,7 +277,7 @@ class EvaluateStage(WholeStage):
 
     def report(self, results: dict, table: list[dict]) -> None:
         """Log pass@1 side by side, which problems each model alone solved, and some unsolved ones."""
-        self.log.info("evaluate: %s pass@1 (%s decoding)", self.config.benchmark,
+        self.log.info("evaluate: %s pass@1 (%s decoding)", "HumanEval",
                       "greedy" if self.config.greedy else f"temperature {self.config.temperature}")
         self.log.info("  %-10s %-10s %7s %6s %8s", "model", "format", "passed", "total", "pass@1")
         for label, result in results.items():
