@@ -8,7 +8,9 @@ and ``--status`` show the whole method and asking one to run says so plainly.
 from pipeline.stage import PlannedStage
 from stages.concepts import ConceptsStage
 from stages.dedup import DedupStage
+from stages.evaluate import EvaluateStage
 from stages.execute import ExecuteStage
+from stages.finetune import FinetuneStage
 from stages.instructions import InstructionsStage
 from stages.responses import ResponsesStage
 from stages.seeds import SeedsStage
@@ -20,6 +22,6 @@ PIPELINE = [
     ResponsesStage,
     ExecuteStage,
     DedupStage,
-    PlannedStage("finetune", "Supervised fine-tuning with Adafactor, loss on the answers only", "dedup", 6),
-    PlannedStage("evaluate", "HumanEval pass@1 in the sandbox, base vs fine-tuned", "finetune", 7),
+    FinetuneStage,
+    EvaluateStage,
 ]
