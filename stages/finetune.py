@@ -222,10 +222,10 @@ class FinetuneStage(WholeStage):
         """Encode the conversations, check the fit, train (resuming a crashed run), save and report."""
         import torch
         from transformers import AutoTokenizer, Trainer
-        from transformers.trainer_utils import get_last_checkpoint
 
         from pipeline.training.modeling import load_for_training, resolve_model_dir
         from pipeline.training.plot import loss_points, plot_loss
+        from pipeline.training.resume import last_complete_checkpoint
 
         cfg = self.config
         store = ctx.store
@@ -257,7 +257,8 @@ class FinetuneStage(WholeStage):
             data_collator=PaddingCollator(tokenizer.pad_token_id, 8 if cuda else None),
             processing_class=tokenizer,
         )
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        last = last_complete_checkpoint(checkpoints)
+        last = str(last) if last else None
         if last:
             self.log.info("finetune: resuming from %s", last)
         started = time.time()
@@ -285,6 +286,7 @@ class FinetuneStage(WholeStage):
             "mean_loss": round(float(result.training_loss), 4),
             "train_runtime_s": round(runtime, 1),
         })
+        fields["model_dir"] = str(out)  # where downstream stages (evaluate) find the model
         fields["training"] = {
             "model_dir": str(out), "base_model": self.model_name(), "resolved_from": model_dir,
             "chat_format": cfg.chat_format, "epochs": round(epochs, 3), "resumed_from": last,
