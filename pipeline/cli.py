@@ -57,6 +57,13 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
     parser.add_argument("--status", action="store_true", help="print every stage's state, rows, drops and time")
     parser.add_argument("--report", action="store_true", help="write work_dir/report.html and print the funnel and pass@1")
     parser.add_argument(
+        "--shard", metavar="K/N", type=_shard,
+        help="with --stage NAME: process only the input rows whose id hashes to K mod N (K from 0); shards may run "
+        "side by side (Slurm arrays, Kubernetes jobs) into one work dir; the last to finish writes the manifest",
+    )
+    parser.add_argument("--merge", action="store_true",
+                        help="with --stage NAME: write the manifest of a stage whose N shards have all finished")
+    parser.add_argument(
         "--publish-dry-run", metavar="DIR", type=Path,
         help="write exactly what publishing the selected (done) stages would upload into DIR",
     )
@@ -65,10 +72,23 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
     return parser
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """Parse K/N (0 <= K < N)."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/4, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"shard {text}: K must be in 0..N-1")
+    return k, n
+
+
 def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | None = None) -> int:
     """Parse arguments, validate the config, and run, report or publish; return the exit code."""
     parser = build_parser(registry)
     args = parser.parse_args(argv)
+    if (args.shard or args.merge) and (not args.stage or args.stage == "all"):
+        parser.error("--shard and --merge need --stage NAME (one stage)")
     if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report):
         parser.print_help()
         return 0
@@ -86,7 +106,14 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
         log_path = setup_logging(config.run.work_dir, args.log_level)
         log = logging.getLogger("pipeline")
         log.info("config %s, work dir %s, log %s", args.config, config.run.work_dir, log_path)
-        if args.stage or args.start or args.end:
+        if args.merge:
+            runner.merge(args.stage, input_override=args.input)
+        elif args.shard:
+            if runner.state(args.stage).state == "done":
+                log.info("%s: done, nothing to run for shard %s", args.stage, args.shard)
+            else:
+                runner.run_stage(args.stage, force=args.force, input_override=args.input, shard=args.shard)
+        elif args.stage or args.start or args.end:
             runner.run(names, force=args.force, input_override=args.input)
         publishing = args.publish or (config.hub.namespace and (args.stage or args.start or args.end))
         if args.publish_dry_run or publishing:

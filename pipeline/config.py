@@ -53,7 +53,12 @@ class RunConfig(StrictModel):
 
     work_dir: Path = Field(description="Directory holding every stage's output, logs and manifests.")
     seed: int = Field(default=42, description="Run seed: every sampled choice derives from it and row ids.")
-    executor: Literal["local", "ray"] = not_fingerprinted("Where per-batch stages run.", default="local")
+    executor: Literal["local", "ray"] = not_fingerprinted(
+        "Where per-batch stages run: local (this machine, a process pool) or ray (a Ray cluster).", default="local"
+    )
+    ray_address: str | None = not_fingerprinted(
+        "Ray cluster to join (e.g. auto, ray://head:10001); None starts a local cluster.", default=None
+    )
     workers: int = not_fingerprinted("Worker processes for CPU-bound stages; 0 means one per core.", default=0, ge=0)
     batch_size: int = not_fingerprinted("Default rows per batch for every stage.", default=256, gt=0)
     keep_dropped: bool = not_fingerprinted(

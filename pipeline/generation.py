@@ -44,6 +44,7 @@ class GenerationStage(MapStage):
 
     uses_model = True
     parallel = False
+    ray_layout = "per_gpu"
     task: ClassVar[PromptTask]
 
     def __init__(self, config: GenerationConfig, pipeline_config: Any):

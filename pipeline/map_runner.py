@@ -9,6 +9,7 @@ in input order, so the committed parts are always a prefix of the batches
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from typing import Iterator
@@ -23,10 +24,15 @@ from pipeline.store import CommitLog
 LIMIT_REASON = "over_limit"
 
 
+def shard_of(row_id: str, count: int) -> int:
+    """The shard (0..count-1) a row id belongs to: a hash of the id, the same on every machine."""
+    return int(hashlib.sha256(row_id.encode()).hexdigest()[:12], 16) % count
+
+
 def _batches(
-    source: InputSource, size: int, done: set[str], bar, duplicates: Counter
+    source: InputSource, size: int, done: set[str], bar, duplicates: Counter, shard: tuple[int, int] | None = None
 ) -> Iterator[list[dict]]:
-    """Chunks of not-yet-committed rows; duplicate ids (after the first) are counted and skipped."""
+    """Chunks of not-yet-committed rows (of this shard); duplicate ids after the first are counted and skipped."""
     seen: set[str] = set()
     chunk: list[dict] = []
 
@@ -37,6 +43,8 @@ def _batches(
 
     for row in source.iter_rows():
         rid = row["id"]
+        if shard is not None and shard_of(rid, shard[1]) != shard[0]:
+            continue
         if rid in seen:
             duplicates["duplicate_input_id"] += 1
             continue
@@ -53,8 +61,8 @@ def _batches(
             yield todo
 
 
-def run_map_stage(stage: MapStage, ctx: StageContext, source: InputSource) -> dict:
-    """Run every uncommitted batch of ``stage`` and return the manifest fields for its output."""
+def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: tuple[int, int] | None = None) -> None:
+    """Run every uncommitted batch of ``stage`` (only this shard's rows when ``shard=(k, n)``)."""
     store = ctx.store
     store.remove_leftovers()
     log = store.commit_log()
@@ -68,10 +76,12 @@ def run_map_stage(stage: MapStage, ctx: StageContext, source: InputSource) -> di
             "%s: resuming: %d input rows already committed in %d parts", stage.name, len(log.input_ids), log.parts
         )
     if limit is None or kept < limit:
-        bar = progress(total=source.count(), desc=stage.name, unit="rows")
+        total = source.count() if shard is None else None
+        bar = progress(total=total, desc=stage.name if shard is None else f"{stage.name} {shard[0]}/{shard[1]}",
+                       unit="rows")
         bar.update(0)
         try:
-            batches = _batches(source, size, log.input_ids, bar, duplicates)
+            batches = _batches(source, size, log.input_ids, bar, duplicates, shard)
             for batch, result, seconds in ctx.executor.map_ordered(stage, batches):
                 rows, dropped = result.rows, result.dropped
                 if limit is not None and kept + len(rows) > limit:
@@ -92,10 +102,19 @@ def run_map_stage(stage: MapStage, ctx: StageContext, source: InputSource) -> di
                     break
         finally:
             bar.close()
+    if duplicates:
+        stage.log.warning("%s: %d input rows repeat an id already seen and were skipped", stage.name,
+                          duplicates["duplicate_input_id"])
+
+
+def finish_map_stage(stage: MapStage, ctx: StageContext) -> dict:
+    """After all batches (of all shards): apply whole-output filters, then sum the parts into manifest fields."""
+    store = ctx.store
+    keep_dropped = ctx.pipeline_config.run.keep_dropped
     dropped = store.apply_drop_plan(lambda: stage.whole_output_drops(store), keep_dropped=keep_dropped)
     if dropped:
         stage.log.info("%s: %d rows dropped by whole-output filters", stage.name, dropped)
-    return manifest_fields(store.commit_log(), duplicates)
+    return manifest_fields(store.commit_log())
 
 
 def manifest_fields(log: CommitLog, duplicates: Counter | None = None) -> dict:

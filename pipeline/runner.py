@@ -21,7 +21,7 @@ from pipeline.config import fingerprint_view
 from pipeline.context import StageContext
 from pipeline.errors import PipelineError, StageNotBuiltError
 from pipeline.executors import create_executor
-from pipeline.map_runner import elapsed_since, run_map_stage
+from pipeline.map_runner import elapsed_since, finish_map_stage, run_batches
 from pipeline.stage import MapStage, PlannedStage, Stage, WholeStage
 from pipeline.store import StageStore
 from pipeline.summary import stage_summary
@@ -123,7 +123,9 @@ class Runner:
         else:
             manifest = store.read_manifest()
             if manifest is None:
-                result = StageState(name, INTERRUPTED if store.part_paths() else MISSING)
+                shards = sorted(store.dir.glob("_shard-*-of-*.json")) if store.dir.exists() else []
+                note = f"{len(shards)} shard(s) finished" if shards else ""
+                result = StageState(name, INTERRUPTED if store.part_paths() or shards else MISSING, note)
             else:
                 why = self._staleness(entry, manifest, memo)
                 result = StageState(name, STALE if why else DONE, why or "", manifest)
@@ -187,8 +189,8 @@ class Runner:
             manifests.append(self.run_stage(name, force=force, input_override=input_override if i == 0 else None))
         return manifests
 
-    def run_stage(self, name: str, *, force: bool = False, input_override: str | None = None) -> dict:
-        """Run one stage (resuming an interrupted run of the same config) and write its manifest."""
+    def _prepare(self, name: str, input_override: str | None, *, with_executor: bool = True):
+        """The stage, its context and input, checked: the upstream done (unless --input), columns present."""
         stage = self.stage(name)
         entry = self.entry(name)
         if input_override is None and entry.upstream is not None:
@@ -198,39 +200,88 @@ class Runner:
                     f"stage {name} reads the output of {entry.upstream}, which is {upstream.state}: "
                     f"run it first (--stage {entry.upstream} or --from {entry.upstream}) or give --input"
                 )
-        ctx = StageContext(
-            self.config, name, entry.upstream, create_executor(self.config.run), input_override=input_override
-        )
+        executor = create_executor(self.config.run) if with_executor else None
+        ctx = StageContext(self.config, name, entry.upstream, executor, input_override=input_override)
         source = stage.input_source(ctx, input_override)
         source.require(list(stage.input_columns), name)
         ctx.source = source
-        fingerprint = self.fingerprint(stage)
-        digest = source.digest()
+        return stage, ctx
+
+    def run_stage(
+        self, name: str, *, force: bool = False, input_override: str | None = None, shard: tuple[int, int] | None = None
+    ) -> dict | None:
+        """Run one stage (resuming an interrupted run of the same config) and write its manifest.
+
+        With ``shard=(k, n)`` only the input rows whose id hashes to k mod n are processed; the manifest is
+        written by whichever shard finishes last (or by :meth:`merge`), and None is returned until then.
+        """
+        stage, ctx = self._prepare(name, input_override)
+        fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
         store = ctx.store
         info = store.run_info()
-        if force or store.read_manifest() is not None:
+        mismatch = info is not None and (info.get("fingerprint"), info.get("input_digest")) != (fingerprint, digest)
+        if shard is not None:
+            check_shardable(stage, force)
+            if mismatch:
+                raise PipelineError(
+                    f"stage {name}: the parts in {store.dir} belong to another config or input; "
+                    "remove that folder before running shards of the new one"
+                )
+        elif force or store.read_manifest() is not None:
             store.clear()
-        elif info is not None and (info.get("fingerprint"), info.get("input_digest")) != (fingerprint, digest):
+        elif mismatch:
             log.info("%s: the parts on disk belong to another config or input: starting afresh", name)
             store.clear()
-        input_kind = "path" if input_override is not None else ("upstream" if entry.upstream else "source")
-        store.begin(fingerprint, {"input_digest": digest, "input": source.description})
-        log.info("%s: %s (reading %s)", name, stage.title, source.description)
+        store.begin(fingerprint, {"input_digest": digest, "input": ctx.source.description})
+        where = f" shard {shard[0]}/{shard[1]}" if shard else ""
+        log.info("%s%s: %s (reading %s)", name, where, stage.title, ctx.source.description)
         started = time.time()
         if isinstance(stage, MapStage):
-            fields = run_map_stage(stage, ctx, source)
+            run_batches(stage, ctx, ctx.source, shard=shard)
+            if shard is not None:
+                store.mark_shard_done(*shard, fingerprint)
+                done = store.shards_done(shard[1], fingerprint)
+                if len(done) < shard[1]:
+                    log.info("%s: shard %d/%d done; %d of %d shards finished (the last one writes the manifest, "
+                             "or run --merge)", name, shard[0], shard[1], len(done), shard[1])
+                    return None
+            fields = finish_map_stage(stage, ctx)
         elif isinstance(stage, WholeStage):
             fields = stage.run(ctx)
         else:  # pragma: no cover - the registry only holds the two shapes
             raise PipelineError(f"stage {name} is neither a map stage nor a whole stage")
+        return self._write_manifest(stage, ctx, fields, fingerprint, digest, started)
+
+    def merge(self, name: str, input_override: str | None = None) -> dict:
+        """Write the manifest of a stage run as shards once every shard has finished."""
+        stage, ctx = self._prepare(name, input_override, with_executor=False)
+        fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
+        store = ctx.store
+        if store.read_manifest() is not None:
+            raise PipelineError(f"stage {name} is already merged (its manifest exists)")
+        counts = store.shard_counts(fingerprint)
+        if not counts:
+            raise PipelineError(f"stage {name}: no finished shard of the current config in {store.dir}")
+        total = next(iter(counts))
+        done = store.shards_done(total, fingerprint)
+        if len(done) < total:
+            missing = sorted(set(range(total)) - done)
+            raise PipelineError(f"stage {name}: shards {missing} of {total} have not finished; run them first")
+        return self._write_manifest(stage, ctx, finish_map_stage(stage, ctx), fingerprint, digest, time.time())
+
+    def _write_manifest(self, stage: Stage, ctx: StageContext, fields: dict, fingerprint: str, digest: str,
+                        started: float) -> dict:
+        """The manifest, written last: counts, input, fingerprint, digest, config; then the stage summary."""
+        entry, store = self.entry(stage.name), ctx.store
+        override = ctx.input_override
         manifest = {
-            "stage": name,
+            "stage": stage.name,
             "title": stage.title,
             "fingerprint": fingerprint,
             "input": {
-                "kind": input_kind,
-                "spec": input_override,
-                "description": source.description,
+                "kind": "path" if override is not None else ("upstream" if entry.upstream else "source"),
+                "spec": override,
+                "description": ctx.source.description,
                 "digest": digest,
             },
             **fields,
@@ -247,3 +298,13 @@ class Runner:
         for line in stage_summary(manifest, store.dir).splitlines():
             log.info(line)
         return manifest
+
+
+def check_shardable(stage: Stage, force: bool) -> None:
+    """Refuse what sharding cannot do: whole-input stages, output limits, --force."""
+    if not isinstance(stage, MapStage):
+        raise PipelineError(f"stage {stage.name} needs its whole input at once and cannot run as shards")
+    if stage.output_limit() is not None:
+        raise PipelineError(f"stage {stage.name} has an output limit (e.g. max_seeds), which shards cannot share")
+    if force:
+        raise PipelineError("--force cannot be combined with --shard: remove the stage's folder to start over")

@@ -111,6 +111,11 @@ class MapStage(Stage):
     parallel: ClassVar[bool] = False
     """True when batches are CPU-bound and independent, so a process pool may run them."""
 
+    @property
+    def ray_layout(self) -> str:
+        """How the Ray executor places the stage: tasks, per_gpu, per_node or single (see executors.ray_executor)."""
+        return "tasks" if self.parallel else "single"
+
     def setup(self) -> None:
         """Prepare per-process resources (models, indexes) before the first batch."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,28 @@ class CommitLog:
     parts: int = 0
 
 
+def _tmp_name(path: Path) -> Path:
+    """A temporary sibling of ``path`` named after this host and process (so leftovers can be told apart)."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _leftover(tmp: Path) -> bool:
+    """Whether a temporary file was left by a dead writer on this host (live writers' files are kept)."""
+    host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -64,7 +84,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
     """Write a Parquet file atomically (temporary name, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_name(path)
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -141,17 +161,24 @@ class StageStore:
         (self.dir / DROP_PLAN).unlink(missing_ok=True)
 
     def remove_leftovers(self) -> int:
-        """Delete temporary files of killed writers and dropped parts without their kept part; return how many."""
+        """Delete temporary files of dead writers and dropped parts without their kept part; return how many.
+
+        A dropped part whose kept part is missing is an orphan only once its writer is gone; while other
+        shards run side by side, the newest orphans may be theirs, so only parts older than a minute go.
+        """
+        import time
+
         removed = 0
         for folder in (self.dir, self.dropped_dir):
             if folder.is_dir():
                 for tmp in folder.glob(".*.tmp-*"):
-                    tmp.unlink(missing_ok=True)
-                    removed += 1
+                    if _leftover(tmp):
+                        tmp.unlink(missing_ok=True)
+                        removed += 1
         kept = {p.name for p in self.part_paths()}
         for orphan in self.dropped_paths():
-            if orphan.name not in kept:
-                orphan.unlink()
+            if orphan.name not in kept and time.time() - orphan.stat().st_mtime > 60:
+                orphan.unlink(missing_ok=True)
                 removed += 1
         return removed
 
@@ -234,6 +261,26 @@ class StageStore:
             total += len(rows)
         return total
 
+    def mark_shard_done(self, index: int, count: int, fingerprint: str) -> None:
+        """Record that shard ``index`` of ``count`` finished all its batches."""
+        atomic_write_json(self.dir / f"_shard-{index}-of-{count}.json", {"fingerprint": fingerprint})
+
+    def shards_done(self, count: int, fingerprint: str) -> set[int]:
+        """Indexes of the finished shards of a ``count``-way run of ``fingerprint``."""
+        done = set()
+        for path in self.dir.glob(f"_shard-*-of-{count}.json"):
+            if json.loads(path.read_text()).get("fingerprint") == fingerprint:
+                done.add(int(path.name.split("-")[1]))
+        return done
+
+    def shard_counts(self, fingerprint: str) -> set[int]:
+        """The shard counts (N of K/N) with at least one finished shard of ``fingerprint``."""
+        counts = set()
+        for path in self.dir.glob("_shard-*-of-*.json"):
+            if json.loads(path.read_text()).get("fingerprint") == fingerprint:
+                counts.add(int(path.stem.split("-of-")[1]))
+        return counts
+
     def write_manifest(self, manifest: dict) -> None:
         """Write the manifest; this is the last write of a finished stage."""
         atomic_write_json(self.manifest_path, manifest)
@@ -305,15 +352,17 @@ class StageStore:
                 raise StoreError(f"{path}: corrupted part file ({type(exc).__name__}); move it away and rerun") from None
 
     def output_digest(self) -> str:
-        """A digest of the kept rows (not of timings kept in part metadata): downstream goes stale when it changes."""
+        """A digest of the kept rows, whatever parts they sit in (batch sizes and shards do not change it).
+
+        Each row is hashed on its own and the hashes are summed, so the digest depends on the set of rows,
+        not on how they were batched; timings kept in part metadata are not part of it.
+        """
         import hashlib
 
-        h = hashlib.sha256()
+        total = 0
         for path in self.part_paths():
-            h.update(path.name.encode())
-            table = pq.read_table(path).replace_schema_metadata(None)
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            h.update(sink.getvalue())
-        return h.hexdigest()[:16]
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    line = json.dumps(row, sort_keys=True, default=str).encode("utf-8", "surrogatepass")
+                    total += int.from_bytes(hashlib.blake2b(line, digest_size=16).digest(), "big")
+        return f"{total % 2**128:032x}"[:16]

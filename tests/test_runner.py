@@ -177,9 +177,23 @@ def test_leftovers_of_a_killed_writer_are_cleaned(tmp_path):
     store = StageStore(tmp_path, "s")
     schema = pa.schema([pa.field("id", pa.string())])
     store.write_batch("k1", [{"id": "a"}], schema, [{"id": "b", "drop_reason": "r"}], ["a", "b"])
-    (store.dir / ".part-k2.parquet.tmp-123").write_bytes(b"half")
-    store.dropped_dir.joinpath("part-k3.parquet").write_bytes(b"orphan")
+    import os
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    (store.dir / f".part-k2.parquet.tmp-{host}-{dead.pid}").write_bytes(b"half")
+    alive = store.dir / f".part-k4.parquet.tmp-{host}-{os.getpid()}"
+    alive.write_bytes(b"a writer at work")
+    orphan = store.dropped_dir / "part-k3.parquet"
+    orphan.write_bytes(b"orphan")
+    fresh = store.dropped_dir / "part-k5.parquet"
+    fresh.write_bytes(b"maybe another shard's, in flight")
+    os.utime(orphan, (0, 0))
     assert store.remove_leftovers() == 2
+    assert alive.exists() and fresh.exists() and not orphan.exists()
     log = store.commit_log()
     assert log.input_ids == {"a", "b"} and log.rows == 1 and log.dropped == {"r": 1}
 

@@ -22,8 +22,12 @@ def create_executor(run_config: Any):
         from pipeline.executors.local import LocalExecutor
 
         return LocalExecutor(available_workers(run_config.workers))
-    from pipeline.errors import StageNotBuiltError
+    try:
+        import ray  # noqa: F401
 
-    raise StageNotBuiltError(
-        f"run.executor={run_config.executor!r} is not built yet (tracked in issue #8); use run.executor=local"
-    )
+        from pipeline.executors.ray_executor import RayExecutor
+    except ImportError:  # pragma: no cover - depends on the install
+        from pipeline.errors import PipelineError
+
+        raise PipelineError("run.executor=ray needs Ray: pip install -e '.[ray]'") from None
+    return RayExecutor(run_config.ray_address, run_config.workers)
