@@ -216,7 +216,8 @@ def make_runner(tmp_path, evaluate_stage, model: str, model_dir: str, **evaluate
         "run": {"work_dir": str(tmp_path / "work"), "batch_size": 4},
         "model": {"backend": "transformers", "model": model, "device": "cpu", "dtype": "float32",
                   "show_progress": False},
-        "stages": {"finetune": {"model_dir": model_dir}, "evaluate": {"sandbox": {"workers": 2}, **evaluate}},
+        "stages": {"finetune": {"model_dir": model_dir},
+                   "evaluate": {"batch_size": 4, "sandbox": {"workers": 2}, **evaluate}},
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -249,6 +250,9 @@ def test_stage_end_to_end_with_replayed_answers(tmp_path):
     assert saved["results"] == manifest["results"]
 
     assert runner.state("evaluate").state == DONE
+    runner.run(["finetune"], force=True)
+    assert runner.state("evaluate").state == STALE, "a retrained model (same rows, new manifest) makes it stale"
+    runner.run(["evaluate"])
     other = tmp_path / "other-model"
     other.mkdir()
     changed = make_runner(tmp_path, ReplayEvaluate, "base-model", str(other), limit=10)
@@ -257,6 +261,7 @@ def test_stage_end_to_end_with_replayed_answers(tmp_path):
     [manifest] = changed.run(["evaluate"])
     assert manifest["results"]["finetuned"]["model_path"] == str(other)
     assert manifest["stats"]["cache_hits"] == 20, "verdicts come from the cache: same programs as before"
+    assert changed.state("evaluate").state == DONE
 
 
 @pytest.mark.docker
