@@ -216,6 +216,7 @@ class ProblemResult:
     duration_s: float | None
     program_hash: str
     cached: bool
+    stderr: str = ""
 
     def to_dict(self) -> dict:
         """The result as a plain dict."""
@@ -247,7 +248,7 @@ def score(
         results.append(ProblemResult(
             task_id=task, completion=completions[task], program=programs[task], status=verdict["status"],
             passed=bool(verdict["passed"]), duration_s=verdict.get("duration_s"),
-            program_hash=verdict["program_hash"], cached=bool(verdict["cached"]),
+            program_hash=verdict["program_hash"], cached=bool(verdict["cached"]), stderr=verdict.get("stderr") or "",
         ))
     return results
 

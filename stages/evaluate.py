@@ -132,6 +132,7 @@ class EvaluateStage(WholeStage):
         "status": (pa.string(), "passed, failed, timeout, oom or error"),
         "passed": (pa.bool_(), "status == passed"),
         "duration_s": (pa.float64(), "wall-clock seconds the program ran"),
+        "stderr": (pa.string(), "tail of its standard error (why it failed)"),
         "program_hash": (pa.string(), "sha256 of the program (the verdict cache key)"),
     }
 
@@ -279,7 +280,7 @@ class EvaluateStage(WholeStage):
                 "prompt_format": contender.prompt_format, "completion": verdict.completion,
                 "finish_reason": answers[verdict.task_id].finish_reason, "program": verdict.program,
                 "status": verdict.status, "passed": verdict.passed, "duration_s": verdict.duration_s,
-                "program_hash": verdict.program_hash,
+                "stderr": verdict.stderr, "program_hash": verdict.program_hash,
             })
             for key in (f"{contender.label}_status_{verdict.status}",) + (("cache_hits",) if verdict.cached else ()):
                 stats[key] = stats.get(key, 0) + 1

@@ -322,3 +322,32 @@ def test_bad_config_is_one_line(tmp_path):
                                     "stages": {"evaluate": {"evaluate_base": False, "evaluate_finetuned": False}}}))
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         load_config(path, config_model)
+
+
+@pytest.mark.docker
+def test_after_the_real_finetune_stage_and_stale_when_retrained(tmp_path, tiny_model_dir):  # noqa: F811 - fixture
+    conversations = tmp_path / "conversations.jsonl"
+    conversations.write_text("".join(json.dumps({"id": f"c{i}", "messages": [
+        {"role": "user", "content": f"Write a function that adds {i}."},
+        {"role": "assistant", "content": f"```python\ndef add{i}(x):\n    return x + {i}\n```"}]}) + "\n"
+        for i in range(4)))
+    recipe = {
+        "run": {"work_dir": str(tmp_path / "work")},
+        "model": {"backend": "transformers", "model": str(tiny_model_dir), "device": "cpu", "dtype": "float32",
+                  "show_progress": False},
+        "stages": {"finetune": {"max_steps": 1, "gradient_accumulation_steps": 1, "bf16": False},
+                   "evaluate": {"limit": 2, "max_tokens": 16, "sandbox": {"workers": 2}}},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    finetune = run_cli("--config", str(path), "--stage", "finetune", "--input", str(conversations))
+    assert finetune.returncode == 0, finetune.stderr
+    evaluate = run_cli("--config", str(path), "--stage", "evaluate")
+    assert evaluate.returncode == 0, evaluate.stderr
+    manifest = json.loads((tmp_path / "work" / "evaluate" / "manifest.json").read_text())
+    trained = json.loads((tmp_path / "work" / "finetune" / "manifest.json").read_text())["model_dir"]
+    assert manifest["results"]["finetuned"]["model_path"] == trained
+    assert {m: r["total"] for m, r in manifest["results"].items()} == {"base": 2, "finetuned": 2}
+    assert run_cli("--config", str(path), "--stage", "finetune", "--input", str(conversations), "--force").returncode == 0
+    status = run_cli("--config", str(path), "--status").stdout
+    assert next(line for line in status.splitlines() if line.startswith("evaluate")).split()[1] == "stale"
