@@ -324,6 +324,7 @@ def test_bad_config_is_one_line(tmp_path):
         load_config(path, config_model)
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_after_the_real_finetune_stage_and_stale_when_retrained(tmp_path, tiny_model_dir):  # noqa: F811 - fixture
     conversations = tmp_path / "conversations.jsonl"
