@@ -111,6 +111,7 @@ class FinetuneStage(WholeStage):
     }
 
     def __init__(self, config, pipeline_config):
+        """Keep the ``hub`` section too: the model can be pushed to the Hub."""
         super().__init__(config, pipeline_config)
         self.hub_config = getattr(pipeline_config, "hub", None)
 
@@ -218,13 +219,24 @@ class FinetuneStage(WholeStage):
             disable_tqdm=False,
         )
 
+    def load_encoder(self, model_dir: str) -> ConversationEncoder:
+        """The model's tokenizer with the configured chat format installed."""
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"finetune: cannot load the tokenizer of {model_dir!r}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        cfg = self.config
+        return ConversationEncoder(tokenizer, cfg.chat_format, cfg.system_prompt, cfg.use_default_system)
+
     def run(self, ctx) -> dict:
         """Encode the conversations, check the fit, train (resuming a crashed run), save and report."""
         import torch
-        from transformers import AutoTokenizer, Trainer
+        from transformers import Trainer
 
         from pipeline.training.modeling import load_for_training, resolve_model_dir
-        from pipeline.training.plot import loss_points, plot_loss
         from pipeline.training.resume import last_complete_checkpoint
 
         cfg = self.config
@@ -234,8 +246,7 @@ class FinetuneStage(WholeStage):
 
             model_repo_id(self.hub_config, cfg.hub_model_name)  # fail now, not after hours of training
         model_dir = resolve_model_dir(self.model_name(), self.cache_dir())
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        encoder = ConversationEncoder(tokenizer, cfg.chat_format, cfg.system_prompt, cfg.use_default_system)
+        encoder = self.load_encoder(model_dir)
         encoded = self.encode_all(ctx, encoder)
         self.write_rows(store, encoded)
         examples = [enc for _, enc in encoded if enc.kept]
@@ -246,6 +257,7 @@ class FinetuneStage(WholeStage):
         bf16 = bool(cfg.bf16 and cuda and torch.cuda.is_bf16_supported())
         fit = self.fit_estimate(model_dir, encoder.added_tokens, bf16, cuda)
 
+        tokenizer = encoder.tokenizer
         model, forced = load_for_training(model_dir, torch.bfloat16 if bf16 else torch.float32, cfg.dropout,
                                           len(tokenizer))
         if forced:
@@ -266,37 +278,46 @@ class FinetuneStage(WholeStage):
         runtime = time.time() - started
 
         out = self.save_model(trainer, encoder, store.dir / "model")
-        history = trainer.state.log_history
-        (store.dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
-        png = plot_loss(history, store.dir / "loss.png", f"{ctx.pipeline_config.name}: finetune")
-        _, losses = loss_points(history)
         repo = None
         if cfg.push_to_hub:
             from pipeline.training.publish import push_model
 
             repo = push_model(self.hub_config, out, cfg.hub_model_name)
+        facts = {"base_model": self.model_name(), "resolved_from": model_dir, "chat_format": cfg.chat_format,
+                 "resumed_from": last, "bf16": bf16, "device": "cuda" if cuda else "cpu", "dropout_forced": forced,
+                 "added_tokens": encoder.added_tokens, "fit_estimate": fit, "hub_repo": repo,
+                 "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset)}
+        return self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
 
+    def report(self, ctx, state, mean_loss: float, runtime: float, model_dir: Path, facts: dict) -> dict:
+        """Write the loss log and curve; return the manifest fields: counts, training metrics, where the model is."""
+        from pipeline.training.plot import loss_points, plot_loss
+
+        store = ctx.store
+        history = state.log_history
+        (store.dir / "train_log.json").write_text(json.dumps(history, indent=1) + "\n")
+        png = plot_loss(history, store.dir / "loss.png", f"{ctx.pipeline_config.name}: finetune")
+        _, losses = loss_points(history)
         fields = manifest_fields(store.commit_log())
         per_epoch = fields["stats"].get("train_tokens_per_epoch", 0)
-        epochs = float(trainer.state.epoch or 0)
-        fields["stats"].update({
-            "train_steps": int(trainer.state.global_step),
+        epochs = float(state.epoch or 0)
+        metrics = {
+            "train_steps": int(state.global_step),
             "train_tokens": int(round(per_epoch * epochs)),
             "final_loss": round(losses[-1], 4) if losses else None,
-            "mean_loss": round(float(result.training_loss), 4),
+            "mean_loss": round(mean_loss, 4),
             "train_runtime_s": round(runtime, 1),
-        })
-        fields["model_dir"] = str(out)  # where downstream stages (evaluate) find the model
+        }
+        fields["stats"].update({k: v for k, v in metrics.items() if v is not None})
+        fields["model_dir"] = str(model_dir)  # where downstream stages (evaluate) find the model
         fields["training"] = {
-            "model_dir": str(out), "base_model": self.model_name(), "resolved_from": model_dir,
-            "chat_format": cfg.chat_format, "epochs": round(epochs, 3), "resumed_from": last,
-            "global_step": int(trainer.state.global_step), "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None, "bf16": bf16, "device": "cuda" if cuda else "cpu",
-            "dropout_forced": forced, "added_tokens": encoder.added_tokens, "loss_png": str(png) if png else None,
-            "fit_estimate": fit, "hub_repo": repo,
-            "total_steps_planned": int(trainer.state.max_steps),
-            "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset),
-            "tokens_per_second": round(per_epoch * epochs / runtime, 1) if runtime > 0 and not last else None,
+            "model_dir": str(model_dir), "global_step": int(state.global_step),
+            "total_steps_planned": int(state.max_steps), "epochs": round(epochs, 3),
+            "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+            "loss_png": str(png) if png else None,
+            "tokens_per_second": round(per_epoch * epochs / runtime, 1)
+            if runtime > 0 and not facts["resumed_from"] else None,
+            **facts,
         }
         return fields
 
