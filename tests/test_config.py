@@ -32,7 +32,9 @@ def test_recipes_in_configs_validate():
     responses = paper.stages.responses
     assert (responses.n, responses.temperature, responses.max_tokens) == (10, 0.7, 1536)
     assert paper.stages.concepts.fewshot_k == 8
-    assert paper.stages.finetune["learning_rate"] == 1e-5 and paper.stages.finetune["gradient_accumulation_steps"] == 64
+    finetune = paper.stages.finetune
+    assert (finetune.learning_rate, finetune.num_epochs, finetune.gradient_accumulation_steps) == (1e-5, 4, 64)
+    assert (finetune.warmup_ratio, finetune.max_length, finetune.dropout) == (0.05, 1280, 0.0)
 
 
 def test_misspelled_key_names_full_path_and_choices(tmp_path):
