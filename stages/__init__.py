@@ -1,11 +1,11 @@
 """The stages of the SelfCodeAlign method, in pipeline order.
 
-Each built stage lives in its own module named as on the command line; the
-ones not built yet are listed with the issue that tracks them, so ``--help``
-and ``--status`` show the whole method and asking one to run says so plainly.
+Each stage lives in its own module, named as on the command line. A stage
+that is planned but not built yet is listed as a ``pipeline.stage.PlannedStage``
+with the issue that tracks it, so ``--help`` and ``--status`` show it and
+asking it to run says so plainly.
 """
 
-from pipeline.stage import PlannedStage
 from stages.concepts import ConceptsStage
 from stages.dedup import DedupStage
 from stages.evaluate import EvaluateStage

@@ -39,19 +39,24 @@ def test_help_lists_every_stage_of_the_design():
     assert [line.split()[0] for line in listing.strip().splitlines()[: len(DESIGN_STAGES)]] == DESIGN_STAGES
 
 
-def test_unbuilt_stage_says_so(tmp_path, stdlib_corpus):
+def test_unbuilt_stage_says_so(tmp_path, stdlib_corpus, capsys):
+    """A stage listed as planned shows in --help and --status, and refuses to run with its issue number."""
+    from pipeline.cli import main
     from pipeline.stage import PlannedStage
     from stages import PIPELINE
 
-    planned = [e for e in PIPELINE if isinstance(e, PlannedStage)]
-    if not planned:
-        pytest.skip("every stage of the design is built")
-    result = run_cli("--config", _recipe(tmp_path, stdlib_corpus), "--stage", planned[0].name)
-    assert result.returncode == 2
-    expected = f"stage {planned[0].name} is not built yet (tracked in issue #{planned[0].issue})"
-    assert expected in error_line(result.stderr)
-    status = run_cli("--config", _recipe(tmp_path, stdlib_corpus), "--status").stdout
-    assert next(line for line in status.splitlines() if line.startswith(planned[0].name)).split()[1:3] == ["not", "built"]
+    registry = [*PIPELINE, PlannedStage("humaneval_plus", "HumanEval+ on the fine-tuned model", "evaluate", 42)]
+    recipe = _recipe(tmp_path, stdlib_corpus)
+    with pytest.raises(SystemExit):
+        main(registry, ["--help"])
+    help_text = capsys.readouterr().out
+    assert "humaneval_plus" in help_text and "[not built yet: issue #42]" in help_text
+    assert main(registry, ["--config", recipe, "--stage", "humaneval_plus"]) == 2
+    assert "stage humaneval_plus is not built yet (tracked in issue #42)" in error_line(capsys.readouterr().err)
+    assert main(registry, ["--config", recipe, "--status"]) == 0
+    status = capsys.readouterr().out
+    assert next(line for line in status.splitlines() if line.startswith("humaneval_plus")).split()[1:3] == [
+        "not", "built"]
 
 
 def test_status_table_and_stage_summary(tmp_path, stdlib_corpus):
