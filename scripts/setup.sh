@@ -14,6 +14,7 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)   # the report's browser test
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
@@ -41,7 +42,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q "$TORCH_SPEC"
 fi
 say "installing the project and its dependencies"
-"$VENV/bin/pip" install -q -e ".[dev,demo]"
+"$VENV/bin/pip" install -q -e ".[dev,demo,ray]"
 
 say "building the sandbox image (skipped when it exists)"
 "$VENV/bin/python" -m sandbox build
