@@ -108,7 +108,7 @@ def fill_downstream(runner) -> None:
     kinds = [("function", "easy"), ("class", "medium"), ("program", "hard")]
     instructions = [{"id": f"i{i}", "seed_id": c["seed_id"], "concepts_id": c["id"], "concepts": c["concepts"],
                      "category": kinds[i % 3][0], "difficulty": kinds[i % 3][1],
-                     "instruction": (HOSTILE + "\n" if i == 0 else "") + f"Write a Python function that uses "
+                     "instruction": f"{HOSTILE}\nWrite a Python function that uses "
                      f"{', '.join(c['concepts'])}. It must return a value for every input x < 10 && y > 2."}
                     for i, c in enumerate(concepts)]
     write_stage(runner, "instructions", [(instructions[:-1], [{"id": "i-x", "drop_reason": "unparsable", "text": "###"}])],
@@ -143,13 +143,23 @@ def fill_downstream(runner) -> None:
     write_stage(runner, "dedup", [(kept[:-1], dropped + [{"id": kept[-1]["id"], "drop_reason": "near_duplicate",
                                                            "instruction": kept[-1]["instruction"]}])], {})
     finetune = runner.store("finetune")
-    write_stage(runner, "finetune", [], {"steps": 40, "epochs": 4, "final_loss": 0.4172, "train_examples": len(kept) - 1})
+    trained = [{"id": k["id"], "n_tokens": 300 + 40 * i, "n_train_tokens": min(300 + 40 * i, 512),
+                "n_label_tokens": 120 + 10 * i, "status": "kept" if 300 + 40 * i <= 512 else "truncated"}
+               for i, k in enumerate(kept[:-1])]
+    write_stage(runner, "finetune", [(trained, [])],
+                {"train_steps": 40, "final_loss": 0.4172, "mean_loss": 0.8831, "train_tokens_per_epoch": 3584},
+                training={"model_dir": str(finetune.dir / "model"), "global_step": 40, "epochs": 4.0,
+                          "first_loss": 2.31, "final_loss": 0.4172, "loss_png": str(finetune.dir / "loss.png")})
     (finetune.dir / "loss.png").write_bytes(tiny_png())
     problems = [f"HumanEval/{i}" for i in range(12)]
     passed = {"base": {0, 2, 5, 7}, "finetuned": {0, 1, 2, 5, 7, 9}}
-    rows = [{"id": f"{m}-{t}", "model": m, "task_id": t, "status": "passed" if i in passed[m] else "failed",
-             "passed": i in passed[m]} for m in passed for i, t in enumerate(problems)]
-    results = {m: {"pass@1": len(p) / len(problems), "passed": len(p), "total": len(problems)} for m, p in passed.items()}
+    paths = {"base": "gemma-3-270m", "finetuned": str(finetune.dir / "model")}
+    rows = [{"id": f"{m}-{t}", "model": m, "model_path": paths[m], "task_id": t, "prompt_format": "completion",
+             "completion": f"    return sorted(set(numbers))[{i}]\n", "finish_reason": "stop",
+             "status": "passed" if i in passed[m] else "failed", "passed": i in passed[m], "duration_s": 0.02,
+             "stderr": "" if i in passed[m] else "AssertionError"} for m in passed for i, t in enumerate(problems)]
+    results = {m: {"pass@1": round(len(p) / len(problems), 4), "passed": len(p), "total": len(problems),
+                   "prompt_format": "completion", "model_path": paths[m]} for m, p in passed.items()}
     write_stage(runner, "evaluate", [(rows, [])], {}, results=results)
 
 
@@ -215,10 +225,10 @@ def test_page_content(report_run, report_recipe):
     assert "<b>finetuned</b></td><td class=num>50.0</td>" in evaluation
     assert "+16.7 points" in evaluation and "HumanEval/1" in evaluation and "HumanEval/3" not in evaluation
     loss = page.split('id="loss"')[1].split("</section>")[0]
-    assert 'id="loss-curve"' in loss and "final_loss" in loss
+    assert 'id="loss-curve"' in loss and "final_loss" in loss and "global_step" in loss
     samples = page.split('id="samples"')[1]
-    assert samples.count('class="sample"') == 3 * 7  # finetune wrote no rows
-    assert "[assistant]" in samples and "more characters" in samples
+    assert samples.count('class="sample"') == 3 * 8
+    assert "[assistant]" in samples and "more character" in samples
 
 
 def test_samples_are_reproducible(report_recipe):
@@ -292,4 +302,5 @@ def test_clip_counts_what_it_cuts():
 
     assert clip("short") == ("short", 0)
     shown, cut = clip("x\n" * 100, max_lines=5)
-    assert shown == "x\nx\nx\nx\nx" and cut == 200 - len(shown)
+    assert shown == "x\nx\nx\nx\nx" and cut == 199 - len(shown)  # the trailing newline is not counted
+    assert clip("y" * 50, max_chars=20) == ("y" * 20, 30)

@@ -35,6 +35,7 @@ h3 small { color:var(--muted); font-weight:normal; margin-left:6px; }
 table { border-collapse:collapse; margin:6px 0 10px; font-size:13px; }
 th, td { border-bottom:1px solid var(--line); padding:4px 10px; text-align:left; vertical-align:top; }
 th { background:var(--soft); font-weight:600; }
+table.kv td { max-width:420px; word-break:break-all; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 table.overview td:nth-child(7) { color:var(--muted); max-width:300px; }
 table.overview td:last-child { color:var(--muted); max-width:260px; }
@@ -56,6 +57,7 @@ code { font-family:"DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, monos
 .minibar { display:inline-block; height:10px; border-radius:2px; vertical-align:middle; }
 .dot { display:inline-block; width:10px; height:10px; border-radius:50%; margin-right:6px; vertical-align:middle; }
 .drop-grid, .pair { display:grid; grid-template-columns:repeat(auto-fill, minmax(420px, 1fr)); gap:0 28px; }
+.side { display:flex; flex-wrap:wrap; align-items:flex-start; gap:8px 40px; }
 figure { margin:8px 0; }
 figure img { max-width:100%; border:1px solid var(--line); border-radius:4px; }
 figcaption { color:var(--muted); font-size:12px; }

@@ -40,8 +40,8 @@ def execution(view: StageView | None) -> str:
     hits = stats.get("cache_hits")
     cache = (f"Verdict cache: {number(hits)} of {number(total)} samples ({percent(hits, total)}) were answered "
              "from the cache, not re-executed." if hits is not None else "Verdict cache hits were not recorded.")
-    return (hbar_chart(bars, title="execution statuses", width=640)
-            + table(("status", "samples", "share"), rows, css="statuses", numeric=(1, 2)) + note(cache))
+    return (f'<div class="side">{hbar_chart(bars, title="execution statuses", width=560)}'
+            f'{table(("status", "samples", "share"), rows, css="statuses", numeric=(1, 2))}</div>' + note(cache))
 
 
 def loss(view: StageView | None) -> str:
@@ -62,8 +62,14 @@ def loss(view: StageView | None) -> str:
         parts.append(note(f"{path.name} is not a PNG image; not shown.", "note problem"))
     else:
         parts.append(note(f"No loss curve yet: {path} does not exist ({view.state})."))
+    training = view.get("training")
+    tables = []
     if view.stats:
-        parts.append("<h3>Training counters</h3>" + key_values(view.stats))
+        tables.append("<div><h3>Training counters</h3>" + key_values(view.stats) + "</div>")
+    if isinstance(training, dict) and training:
+        tables.append("<div><h3>Training run</h3>" + key_values(training) + "</div>")
+    if tables:
+        parts.append('<div class="side">' + "".join(tables) + "</div>")
     return "".join(parts)
 
 
@@ -118,7 +124,8 @@ def evaluation(view: StageView | None) -> str:
         r = r if isinstance(r, dict) else {}
         score = r.get("pass@1")
         shown = f"{100 * score:.1f}" if isinstance(score, (int, float)) else "-"
-        rows.append((f"<b>{esc(model)}</b>", esc(shown), esc(number(r.get("passed"))), esc(number(r.get("total")))))
+        rows.append((f"<b>{esc(model)}</b>", esc(shown), esc(number(r.get("passed"))), esc(number(r.get("total"))),
+                     esc(r.get("prompt_format", "")), f'<code>{esc(r.get("model_path", ""))}</code>'))
         bars.append(Bar(model, 100.0 * score if isinstance(score, (int, float)) else None,
                         MODEL_COLORS[min(i, len(MODEL_COLORS) - 1)], f"{shown}%" if shown != "-" else "no score"))
     scores = [r.get("pass@1") for r in results.values() if isinstance(r, dict)]
@@ -126,6 +133,7 @@ def evaluation(view: StageView | None) -> str:
     if len(scores) >= 2 and all(isinstance(s, (int, float)) for s in scores[:2]):
         delta = note(f"Change from {list(results)[0]} to {list(results)[1]}: {100 * (scores[1] - scores[0]):+.1f} points.",
                      "note delta")
-    return (table(("model", "pass@1 (%)", "passed", "problems"), rows, css="results", numeric=(1, 2, 3)) + delta
-            + hbar_chart(bars, title="pass@1 (%) per model", width=640, scale_max=100.0)
-            + _per_problem(view, list(results)))
+    scores_table = table(("model", "pass@1 (%)", "passed", "problems", "prompt", "model path"), rows, css="results",
+                         numeric=(1, 2, 3))
+    chart = hbar_chart(bars, title="pass@1 (%) per model", width=520, scale_max=100.0)
+    return f'<div class="side">{scores_table}{chart}</div>' + delta + _per_problem(view, list(results))

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-TEXT_COLUMNS = ("drop_reason", "name", "path", "model", "task_id", "category", "difficulty", "status", "passed",
-                "concepts", "instruction", "code", "seed", "docstring", "response", "tests", "messages",
-                "stdout", "stderr", "text")
-"""Columns worth reading in a sample, in the order they are shown."""
-
-SHORT_COLUMNS = ("drop_reason", "name", "path", "model", "task_id", "category", "difficulty", "status", "passed")
+SHORT_COLUMNS = ("drop_reason", "name", "path", "model", "task_id", "prompt_format", "category", "difficulty",
+                 "status", "passed", "finish_reason", "n_tokens", "n_train_tokens", "n_label_tokens")
 """Columns shown as one-line tags above a sample's text."""
+
+TEXT_COLUMNS = (*SHORT_COLUMNS, "concepts", "instruction", "code", "seed", "response", "tests", "messages",
+                "completion", "stdout", "stderr", "text")
+"""Columns worth reading in a sample, in the order they are shown."""
 
 REDUNDANT = {"messages": ("instruction", "response")}
 """When the key column is present, the listed ones repeat it and are not shown."""
@@ -69,8 +69,9 @@ def as_text(value) -> str:
     return str(value)
 
 
-def clip(text: str, max_chars: int = 900, max_lines: int = 24) -> tuple[str, int]:
+def clip(text: str, max_chars: int = 800, max_lines: int = 16) -> tuple[str, int]:
     """``text`` cut to at most ``max_lines`` lines and ``max_chars`` characters; also how many characters were cut."""
+    text = text.rstrip()
     lines = text.splitlines()
     shown = "\n".join(lines[:max_lines])
     if len(shown) > max_chars:

@@ -37,20 +37,20 @@ def overview(views: list[StageView]) -> str:
 
 
 def funnel(views: list[StageView]) -> str:
-    """Rows out per stage as a bar chart, with the share each stage kept of what it read."""
+    """Rows out per stage as a bar chart, each with the rows it read and dropped."""
     bars = []
     for v in views:
         out = v.get("rows_out")
         if not v.has_output or out is None:
             bars.append(Bar(v.name, None, text=v.state))
             continue
-        kept = percent(out, v.get("rows_in"))
-        text = f"{number(out)}" + (f"  ({kept} of {number(v.get('rows_in'))} in)" if kept else "")
-        if _rows_note(v):
-            text += f"  [{_rows_note(v)}]"
+        text = f"{number(out)}  ({number(v.get('rows_in'))} in, {number(sum(v.dropped.values()))} dropped)"
+        if v.partial:
+            text += "  so far"
         bars.append(Bar(v.name, float(out), PARTIAL_COLOR if v.partial else FUNNEL_COLOR, text))
     chart = hbar_chart(bars, title="rows out per stage", width=880)
-    return chart + note("Bars: rows each stage wrote. Stages without output are listed with their state.")
+    return chart + note("Bars: rows each stage wrote (light: an unfinished run, counted from its committed parts). "
+                        "A stage may write several rows per row read (n responses per instruction).")
 
 
 def drops(views: list[StageView]) -> str:
@@ -61,16 +61,16 @@ def drops(views: list[StageView]) -> str:
         if not reasons:
             continue
         top = max(count for _, count in reasons) or 1
-        rows_in = v.get("rows_in")
+        total = sum(count for _, count in reasons)
+        judged = total + (v.get("rows_out") or 0)
         rows = [(
-            f"<code>{esc(reason)}</code>", esc(number(count)), esc(percent(count, rows_in)),
+            f"<code>{esc(reason)}</code>", esc(number(count)), esc(percent(count, judged)),
             f'<span class="minibar" style="width:{max(2, round(160 * count / top))}px;background:{DROP_COLOR}"></span>',
         ) for reason, count in reasons]
-        total = sum(count for _, count in reasons)
         blocks.append(
             f'<div class="drop-stage" id="drops-{esc(v.name)}"><h3>{esc(v.name)} '
-            f'<small>{esc(number(total))} dropped of {esc(number(rows_in))} in</small></h3>'
-            + table(("reason", "rows", "% of rows in", ""), rows, css="drops", numeric=(1, 2)) + "</div>"
+            f'<small>{esc(number(total))} of {esc(number(judged))} candidate rows dropped</small></h3>'
+            + table(("reason", "rows", "% of candidates", ""), rows, css="drops", numeric=(1, 2)) + "</div>"
         )
     if not blocks:
         return note("No stage has dropped rows (or none has run yet).")
@@ -86,10 +86,12 @@ def _sample_card(row: dict, total, dropped: bool) -> str:
         if key in SHORT_COLUMNS:
             continue
         shown, cut = clip(text)
-        more = f'<div class="cut">… {cut:,} more characters</div>' if cut else ""
+        more = f'<div class="cut">… {cut:,} more character{"s" if cut > 1 else ""}</div>' if cut else ""
         blocks.append(f'<div class="field"><div class="fname">{esc(key)}</div><pre>{esc(shown)}</pre>{more}</div>')
     where = f"row {row.get('_index', 0) + 1:,} of {number(total)}" if total is not None else f"row {row.get('_index', 0) + 1:,}"
-    ident = f' · id <code>{esc(str(row.get("id"))[:16])}</code>' if row.get("id") else ""
+    row_id = str(row.get("id") or "")
+    row_id = row_id if len(row_id) <= 40 else row_id[:16] + "…"
+    ident = f" · id <code>{esc(row_id)}</code>" if row_id else ""
     kind = "dropped " if dropped else ""
     return (f'<div class="sample{" dropped" if dropped else ""}"><div class="shead">{kind}{esc(where)}{ident}</div>'
             f'<div class="tags">{tags}</div>{"".join(blocks)}</div>')

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.report.collect import StageView, find
-from pipeline.report.markup import number, percent
+from pipeline.report.markup import number
 
 
 def funnel_lines(views: list[StageView]) -> list[str]:
@@ -12,8 +12,7 @@ def funnel_lines(views: list[StageView]) -> list[str]:
     lines = ["stage funnel (rows out):"]
     for v in views:
         out = v.get("rows_out") if v.has_output else None
-        kept = percent(out, v.get("rows_in")) if out is not None else ""
-        extra = f"  {kept} of {number(v.get('rows_in'))} in" if kept else ""
+        extra = f"  ({number(v.get('rows_in'))} in, {number(sum(v.dropped.values()))} dropped)" if out is not None else ""
         if v.partial:
             extra += "  (unfinished run, so far)"
         lines.append(f"  {v.name:<{width}}  {v.state:<11}  {number(out):>10}{extra}".rstrip())
