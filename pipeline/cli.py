@@ -12,7 +12,7 @@ from pipeline.config import build_config_model, load_config
 from pipeline.errors import PipelineError
 from pipeline.progress import setup_logging
 from pipeline.stage import PlannedStage, Stage
-from pipeline.summary import status_table
+from pipeline.summary import run_summary
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -100,7 +100,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
         config = load_config(args.config, model, args.override)
         runner = Runner(config, registry)
         if args.status:
-            print(status_table(runner.states()))
+            print(run_summary(runner.states()))
             return 0
         names = runner.select(args.stage, args.start, args.end)
         log_path = setup_logging(config.run.work_dir, args.log_level)
@@ -115,6 +115,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
                 runner.run_stage(args.stage, force=args.force, input_override=args.input, shard=args.shard)
         elif args.stage or args.start or args.end:
             runner.run(names, force=args.force, input_override=args.input)
+            print(run_summary(runner.states()))
         publishing = args.publish or (config.hub.namespace and (args.stage or args.start or args.end))
         if args.publish_dry_run or publishing:
             from pipeline.hub import publish

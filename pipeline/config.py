@@ -159,12 +159,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             return []
-        current = _model_of(fields[part].annotation)
+        current = model_of(fields[part].annotation)
     fields = getattr(current, "model_fields", None)
     return sorted(fields) if fields else []
 
 
-def _model_of(annotation: Any) -> Any:
+def model_of(annotation: Any) -> Any:
     """The pydantic model inside an annotation such as ``X`` or ``X | None``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
+
+from pipeline.config import model_of
 from pydantic_core import PydanticUndefined
 
 
@@ -36,22 +38,12 @@ def _default(field: Any) -> str:
     return repr(field.default)
 
 
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    """The config section class inside an annotation, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
-
-
 def reference_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key path, type, default, description) for every leaf option below ``model``."""
     rows = []
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        nested = _nested_model(field.annotation)
+        nested = model_of(field.annotation)
         if nested is not None and not (getattr(field.annotation, "__origin__", None) is list):
             rows.extend(reference_rows(nested, path + "."))
             continue

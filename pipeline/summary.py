@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterable
 
 
-def _seconds(value: float | None) -> str:
+def seconds(value: float | None) -> str:
     """Format a duration as 12.3s / 4m05s / 1h02m."""
     if value is None:
         return "-"
@@ -22,7 +22,7 @@ def stage_summary(manifest: dict, folder: Path) -> str:
     """A short report of one finished stage: rows in and out, drops by reason, counters, time."""
     lines = [
         f"== {manifest['stage']} done: {manifest['rows_in']} in -> {manifest['rows_out']} out "
-        f"in {_seconds(manifest.get('wall_seconds'))} ==",
+        f"in {seconds(manifest.get('wall_seconds'))} ==",
     ]
     dropped = manifest.get("dropped") or {}
     if dropped:
@@ -46,7 +46,7 @@ def status_table(states: Iterable) -> str:
     for st in states:
         m = st.manifest or {}
         dropped = m.get("dropped") or {}
-        top = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])[:3])
+        top = ", ".join(f"{k}={v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1]))
         note = st.why
         if top:
             note = (note + "; " if note else "") + top
@@ -57,7 +57,7 @@ def status_table(states: Iterable) -> str:
                 str(m.get("rows_in", "-")),
                 str(m.get("rows_out", "-")),
                 str(sum(dropped.values())) if m else "-",
-                _seconds(m.get("wall_seconds")) if m else "-",
+                seconds(m.get("wall_seconds")) if m else "-",
                 note,
             )
         )
@@ -68,3 +68,30 @@ def status_table(states: Iterable) -> str:
         if r is header:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def outcome_lines(states: Iterable) -> list[str]:
+    """Below the table: the pass rate in execution and pass@1 of each evaluated model, when known."""
+    by_name = {st.name: st.manifest or {} for st in states}
+    lines = []
+    stats = by_name.get("execute", {}).get("stats") or {}
+    statuses = {k[len("status_"):]: v for k, v in stats.items() if k.startswith("status_")}
+    if statuses:
+        total = sum(statuses.values())
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items(), key=lambda kv: -kv[1]) if k != "passed")
+        passed = statuses.get("passed", 0)
+        lines.append(f"execution: {passed}/{total} samples passed ({100 * passed / total:.1f}%)" + (f"; {rest}" if rest else ""))
+    results = by_name.get("evaluate", {}).get("results") or {}
+    if results:
+        shown = "  ".join(
+            f"{model} {100 * r.get('pass@1', 0):.1f}% ({r.get('passed')}/{r.get('total')})"
+            for model, r in results.items() if isinstance(r, dict)
+        )
+        lines.append(f"HumanEval pass@1: {shown}")
+    return lines
+
+
+def run_summary(states: Iterable) -> str:
+    """The one-screen summary printed at the end of a run: the stage table, execution and pass@1."""
+    states = list(states)
+    return "\n".join([status_table(states), "", *outcome_lines(states)]).rstrip()

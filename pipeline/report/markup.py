@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.summary import seconds  # noqa: F401 - re-exported for the page
+
 from html import escape
 from typing import Iterable
 
@@ -30,18 +32,6 @@ def percent(part, whole) -> str:
         return f"{100.0 * part / whole:.1f}%" if whole else ""
     except TypeError:
         return ""
-
-
-def seconds(value) -> str:
-    """A duration as 12.3s / 4m05s / 1h02m."""
-    if value is None:
-        return "-"
-    value = float(value)
-    if value < 60:
-        return f"{value:.1f}s"
-    if value < 3600:
-        return f"{int(value // 60)}m{int(value % 60):02d}s"
-    return f"{int(value // 3600)}h{int(value % 3600 // 60):02d}m"
 
 
 def state_badge(state: str) -> str:
