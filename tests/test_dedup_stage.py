@@ -44,6 +44,19 @@ def planted_rows() -> list[dict]:
     ]
 
 
+def test_placeholders_and_stubs_but_not_a_pass_in_an_except():
+    from stages.dedup import format_problem
+
+    fenced = lambda code: f"```python\n{code}\n```"  # noqa: E731
+    assert format_problem(fenced("def f(x):\n    pass"), "assert f(1) is None") == "format_placeholder"
+    assert format_problem(fenced('def f(x):\n    """Doc."""\n    ...'), "assert 1") == "format_placeholder"
+    assert format_problem(fenced("def f(x):\n    # your code here\n    return x"), "assert f(1)") == "format_placeholder"
+    ok = "def f(x):\n    try:\n        return int(x)\n    except ValueError:\n        pass\n    return 0"
+    assert format_problem(fenced(ok), "assert f('a') == 0") is None
+    assert format_problem(fenced(ok), "print(f('a'))") == "format_no_asserts"
+    assert format_problem("no code at all", "assert True") == "format_no_code"
+
+
 def run_dedup(tmp_path, rows, seed=42):
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = tmp_path / "executed.jsonl"
