@@ -37,6 +37,10 @@ class GenerationConfig(StageConfig):
     temperature: float = Field(default=0.0, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(default=512, ge=1, description="Most new tokens per completion.")
+    repetition_penalty: float = Field(
+        default=1.0, gt=0,
+        description="Above 1 discourages repeating tokens (1 = off, as published); helps small models that loop.",
+    )
 
 
 class GenerationStage(MapStage):
@@ -103,7 +107,7 @@ class GenerationStage(MapStage):
         cfg = self.config
         return SamplingParams(
             n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-            stop=self.task.stop(), seed=int(stable_id(self.seed, self.name, *(r["id"] for r in rows)), 16) % 2**31,
+            repetition_penalty=cfg.repetition_penalty, stop=self.task.stop(), seed=int(stable_id(self.seed, self.name, *(r["id"] for r in rows)), 16) % 2**31,
         )
 
     def process_batch(self, rows: list[dict]) -> BatchResult:

@@ -352,3 +352,24 @@ def test_gemma_gguf_through_transformers_and_its_cache(tmp_path):
     assert first == second
     text = first[0].text
     assert "return" in text or "if" in text, text
+
+
+def test_repetition_penalty_reaches_each_backend(tiny_backend, openai_server):
+    """Off by default everywhere; when set, vLLM gets it as a sampling argument, an OpenAI-compatible server in
+    the request body, and the transformers backend really decodes differently."""
+    from pipeline.llm.vllm_backend import vllm_sampling_kwargs
+
+    assert "repetition_penalty" not in vllm_sampling_kwargs(SamplingParams(max_tokens=8))
+    assert vllm_sampling_kwargs(SamplingParams(max_tokens=8, repetition_penalty=1.2))["repetition_penalty"] == 1.2
+    prompt = ["def add(a, b):\n    return"]
+    plain = tiny_backend.generate(prompt, SamplingParams(max_tokens=24))[0][0].text
+    penalised = tiny_backend.generate(prompt, SamplingParams(max_tokens=24, repetition_penalty=3.0))[0][0].text
+    assert plain != penalised
+    backend = create_backend(LLMConfig(backend="openai", model=openai_server.model_name,
+                                       base_url=openai_server.base_url, max_retries=0, timeout_s=30,
+                                       show_progress=False))
+    try:
+        backend.generate(prompt, SamplingParams(max_tokens=4, repetition_penalty=1.3))
+    finally:
+        backend.close()
+    assert openai_server.seen[-1]["repetition_penalty"] == 1.3

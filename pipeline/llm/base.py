@@ -53,6 +53,11 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(default=256, ge=1, description="Maximum new tokens per completion.")
     stop: list[str] = Field(default_factory=list, description="Stop strings; the text is cut before the first.")
     seed: int | None = Field(default=None, description="Seed for reproducible sampling, if any.")
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0,
+        description="Above 1 discourages tokens already in the prompt or the answer (1 = off). Small base models "
+        "fall into loops without it; not part of the published recipe.",
+    )
 
     @property
     def greedy(self) -> bool:

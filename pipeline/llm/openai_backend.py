@@ -148,6 +148,9 @@ class OpenAIBackend(Backend):
             kwargs["stop"] = list(params.stop)
         if seed is not None:
             kwargs["seed"] = seed
+        if params.repetition_penalty != 1.0:
+            # not an OpenAI parameter: vllm serve, SGLang and TGI read it from the request body
+            kwargs["extra_body"] = {"repetition_penalty": params.repetition_penalty}
         return kwargs
 
     def _complete_one(self, prompt: str, params: SamplingParams, n: int, seed: int | None) -> list[Completion]:

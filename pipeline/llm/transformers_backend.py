@@ -156,6 +156,8 @@ class TransformersBackend(Backend):
         criteria = StoppingCriteriaList()
         if any(params.stop):
             criteria.append(_StopOnGeneratedText(self.tokenizer, params.stop, prompt_len))
+        if params.repetition_penalty != 1.0:
+            gen.repetition_penalty = params.repetition_penalty
         if not params.greedy:
             gen.temperature = params.temperature
             gen.top_p = params.top_p

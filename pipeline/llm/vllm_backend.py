@@ -62,6 +62,8 @@ def vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     }
     if params.seed is not None:
         kwargs["seed"] = params.seed
+    if params.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = params.repetition_penalty
     return kwargs
 
 
