@@ -6,6 +6,7 @@ writes) from the config classes and stage classes themselves, so the docs cannot
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -23,6 +24,19 @@ def _type_name(annotation: Any) -> str:
     return text.replace("<class '", "").replace("'>", "")
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _shown(value: Any) -> str:
+    """A default as the docs show it: paths inside the project relative to its root, so docs match any checkout."""
+    if isinstance(value, Path):
+        try:
+            return repr(str(value.resolve().relative_to(REPO)))
+        except ValueError:
+            return repr(str(value))
+    return repr(value)
+
+
 def _default(field: Any) -> str:
     """The field's default as YAML-ish text."""
     if field.default_factory is not None:
@@ -32,10 +46,10 @@ def _default(field: Any) -> str:
             return "(computed)"
         if isinstance(value, BaseModel):
             return "(section)"
-        return repr(value)
+        return _shown(value)
     if field.default is PydanticUndefined:
         return "**required**"
-    return repr(field.default)
+    return _shown(field.default)
 
 
 def reference_rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
