@@ -69,7 +69,10 @@ class JudgeSettings(StrictModel):
 
     samples: int = Field(default=3, ge=1, description="Answers per function; yes needs a strict majority.")
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature of the answers.")
-    fewshot_file: Path = Field(default=DEFAULT_JUDGE_BANK, description="The judge's worked examples (YAML).")
+    fewshot_file: Path = not_fingerprinted(
+        "The judge's worked examples (YAML); their content, not the path, is part of the fingerprint.",
+        default=DEFAULT_JUDGE_BANK,
+    )
     fewshot_k: int = Field(default=6, ge=0, description="Worked examples shown per question.")
     mode: str = Field(default="completion", pattern="^(completion|chat)$", description="completion or chat.")
     batch_size: int = not_fingerprinted("Functions per generation call.", default=16, gt=0)

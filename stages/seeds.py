@@ -152,6 +152,10 @@ class SeedsStage(MapStage):
         super().__init__(config, pipeline_config)
         self._benchmarks: BenchmarkIndex | None = None
 
+    def fingerprint_files(self) -> list[Path]:
+        """The judge's bank, when the judge is on."""
+        return [Path(self.config.docstring_judge.fewshot_file)] if "docstring_judge" in self.config.filters else []
+
     @property
     def uses_model(self) -> bool:  # type: ignore[override]
         """The model is part of the fingerprint only when the docstring judge is on."""
