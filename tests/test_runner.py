@@ -230,3 +230,17 @@ def test_drop_plan_interrupted_half_way_finishes_the_same(tmp_path):
     assert sorted(store.read_table()["id"].to_pylist()) == sorted(reference.read_table()["id"].to_pylist())
     assert store.commit_log().dropped == reference.commit_log().dropped
     assert sorted(r["id"] for r in store.read_dropped().to_pylist()) == ["r00", "r13", "r21"]
+
+
+def test_an_upstream_with_no_rows_is_an_empty_input_not_an_error(tmp_path):
+    from pipeline.inputs import StoreSource
+
+    store = StageStore(tmp_path, "up")
+    store.begin("fp")
+    store.write_manifest({"stage": "up", "rows_in": 0, "rows_out": 0})
+    source = StoreSource(store)
+    source.require(["instruction", "response"], "down")  # nothing to check: no rows at all
+    assert list(source.iter_rows()) == []
+    store.write_manifest({"stage": "up", "rows_in": 3, "rows_out": 3})
+    with pytest.raises(InputError, match="missing required column"):
+        source.require(["instruction"], "down")
