@@ -55,10 +55,19 @@ class FewShotBank(BaseModel):
     version: int = 1
     examples: list[FewShotExample] = Field(min_length=1)
 
-    def sample(self, k: int, *key: object) -> list[FewShotExample]:
-        """``k`` distinct examples chosen by ``key`` (e.g. run seed, stage, row id): same key, same examples."""
+    def sample(self, k: int, *key: object, max_chars: int | None = None) -> list[FewShotExample]:
+        """``k`` distinct examples chosen by ``key`` (e.g. run seed, stage, row id): same key, same examples.
+
+        With ``max_chars``, only examples whose instruction, response and tests together are at most that
+        long are drawn (short prompts for small models); an error names the limit when none is that short.
+        """
+        pool = self.examples
+        if max_chars is not None:
+            pool = [e for e in pool if len(e.instruction) + len(e.response) + len(e.tests) <= max_chars]
+            if not pool:
+                raise ConfigError(f"no few-shot example is at most {max_chars} characters long; raise fewshot_max_chars")
         rng = random.Random(int(stable_id(*key), 16))
-        return rng.sample(self.examples, min(k, len(self.examples)))
+        return rng.sample(pool, min(k, len(pool)))
 
 
 class JudgeExample(BaseModel):

@@ -31,6 +31,10 @@ class GenerationConfig(StageConfig):
         "The few-shot example bank (YAML); its content, not its path, is part of the fingerprint.", default=DEFAULT_BANK
     )
     fewshot_k: int = Field(default=8, ge=0, description="Bank examples shown before each query.")
+    fewshot_max_chars: int | None = Field(
+        default=None, gt=0,
+        description="Draw only examples whose instruction, response and tests total at most this many characters.",
+    )
     mode: Literal["completion", "chat"] = Field(
         default="completion",
         description="completion: few-shot text for a base model; chat: the same task as chat turns for an instruct model.",
@@ -92,7 +96,8 @@ class GenerationStage(MapStage):
     # -- the batch function ------------------------------------------------
     def prompt_examples(self, row: dict):
         """The k bank examples shown for this row, chosen by run seed, stage and row id."""
-        return self.bank.sample(self.config.fewshot_k, self.seed, self.name, row["id"])
+        return self.bank.sample(self.config.fewshot_k, self.seed, self.name, row["id"],
+                                max_chars=self.config.fewshot_max_chars)
 
     def build_prompt(self, row: dict):
         """The completion prompt (text) or chat messages for one row."""

@@ -34,6 +34,7 @@ class ResponseTask(PromptTask):
         "with assert statements that check the solution, edge cases included."
     )
     answer_header = "### Response\n"
+    extra_stop = ["\n### Instruction"]  # the model starting a new example without its header
 
     def query(self, row: dict) -> str:
         return section("Instruction", row["instruction"])

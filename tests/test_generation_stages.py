@@ -15,7 +15,8 @@ import yaml
 
 from pipeline.cli import _model_config_class
 from pipeline.config import build_config_model, load_config
-from pipeline.fewshot import load_bank
+from pipeline.errors import ConfigError
+from pipeline.fewshot import DEFAULT_BANK, load_bank
 from pipeline.prompting import EXAMPLE_HEADER, ParseFailure
 from pipeline.runner import Runner
 from pipeline.stage import PlannedStage
@@ -111,6 +112,12 @@ def test_bank_sampling_is_reproducible(bank_file):
     assert first == [e.id for e in bank.sample(3, 42, "concepts", "row-1")]
     draws = {tuple(e.id for e in bank.sample(3, 42, "concepts", f"row-{i}")) for i in range(30)}
     assert len(draws) > 3, "different rows see different examples"
+    real = load_bank(DEFAULT_BANK)
+    short = {e.id for i in range(40) for e in real.sample(2, 42, "responses", f"row-{i}", max_chars=1900)}
+    sizes = {e.id: len(e.instruction) + len(e.response) + len(e.tests) for e in real.examples}
+    assert len(short) >= 2 and all(sizes[i] <= 1900 for i in short) and len(short) < len(real.examples)
+    with pytest.raises(ConfigError, match="fewshot_max_chars"):
+        bank.sample(1, 42, "x", max_chars=10)
 
 
 def test_categories_follow_their_weights(tmp_path):
