@@ -94,6 +94,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
         return 0
     from pipeline.runner import Runner
 
+    runner = None
     try:
         stage_configs = {e.name: None if isinstance(e, PlannedStage) else e.Config for e in registry}
         model = build_config_model(stage_configs, _model_config_class())
@@ -128,6 +129,11 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             print(write_report(runner))
         return 0
     except PipelineError as exc:
+        if runner is not None and (args.stage or args.start or args.end):
+            try:
+                print(run_summary(runner.states()))  # what was done before the error
+            except PipelineError:
+                pass
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
