@@ -250,6 +250,9 @@ class FinetuneStage(WholeStage):
         encoded = self.encode_all(ctx, encoder)
         self.write_rows(store, encoded)
         examples = [enc for _, enc in encoded if enc.kept]
+        if not encoded:
+            raise PipelineError("finetune: the input holds no conversations (the upstream stages kept none, "
+                                "see --status for where rows were dropped); there is nothing to train on")
         if not examples:
             raise PipelineError(f"finetune: none of the {len(encoded)} input conversations can be trained on "
                                 "(see finetune/dropped/ for the reasons)")
