@@ -117,12 +117,10 @@ def finish_map_stage(stage: MapStage, ctx: StageContext) -> dict:
     return manifest_fields(store.commit_log())
 
 
-def manifest_fields(log: CommitLog, duplicates: Counter | None = None) -> dict:
+def manifest_fields(log: CommitLog) -> dict:
     """The counting part of a manifest, summed from the committed parts."""
     stats = Counter(log.stats)
     batch_seconds = stats.pop("batch_seconds_x1000", 0) / 1000
-    if duplicates:
-        stats.update(duplicates)
     return {
         "rows_in": len(log.input_ids),
         "rows_out": log.rows,

@@ -200,7 +200,8 @@ class Runner:
                     f"stage {name} reads the output of {entry.upstream}, which is {upstream.state}: "
                     f"run it first (--stage {entry.upstream} or --from {entry.upstream}) or give --input"
                 )
-        executor = create_executor(self.config.run) if with_executor else None
+        # only map stages hand batches to an executor: whole stages never start Ray or a process pool
+        executor = create_executor(self.config.run) if with_executor and isinstance(stage, MapStage) else None
         ctx = StageContext(self.config, name, entry.upstream, executor, input_override=input_override)
         source = stage.input_source(ctx, input_override)
         source.require(list(stage.input_columns), name)
