@@ -28,6 +28,7 @@ def _stage_list(registry: Sequence[type[Stage] | PlannedStage]) -> str:
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage all")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage seeds -o stages.seeds.max_seeds=100")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --status")
+    lines.append("  python run_pipeline.py --config configs/selfcodealign-sc2-15b.yaml --preflight")
     return "\n".join(lines)
 
 
@@ -55,6 +56,14 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
         help="feed the (first) selected stage from a Parquet/JSONL file, a folder of them, or a Hub dataset id",
     )
     parser.add_argument("--status", action="store_true", help="print every stage's state, rows, drops and time")
+    parser.add_argument(
+        "--preflight", action="store_true",
+        help="check the recipe without running a stage (prompt sizes against the context with the model's tokenizer, "
+        "the generation budget, sandbox, memory fit, Hub token, work dir) for the selected stages (default: all); "
+        "exit 1 when a check fails",
+    )
+    parser.add_argument("--no-preflight", action="store_true",
+                        help="skip the preflight that a multi-stage run (--stage all, --from/--to) does first")
     parser.add_argument("--report", action="store_true", help="write work_dir/report.html and print the funnel and pass@1")
     parser.add_argument(
         "--shard", metavar="K/N", type=_shard,
@@ -89,7 +98,8 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     args = parser.parse_args(argv)
     if (args.shard or args.merge) and (not args.stage or args.stage == "all"):
         parser.error("--shard and --merge need --stage NAME (one stage)")
-    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report):
+    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report
+            or args.preflight):
         parser.print_help()
         return 0
     from pipeline.runner import Runner
@@ -104,6 +114,12 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             print(run_summary(runner.states()))
             return 0
         names = runner.select(args.stage, args.start, args.end)
+        multi_stage = args.stage == "all" or ((args.start or args.end) and not args.stage)
+        if args.preflight or (multi_stage and config.run.preflight and not args.no_preflight
+                              and not (args.shard or args.merge)):
+            passed = _preflight(runner, names)
+            if args.preflight or not passed:
+                return 0 if passed else 1
         log_path = setup_logging(config.run.work_dir, args.log_level)
         log = logging.getLogger("pipeline")
         log.info("config %s, work dir %s, log %s", args.config, config.run.work_dir, log_path)
@@ -139,6 +155,23 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted: every committed batch is kept; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _preflight(runner, names: list[str]) -> bool:
+    """Print the preflight table of ``names`` and one line per failure (on stderr); True when all passed."""
+    from pipeline.preflight import run_preflight
+
+    report = run_preflight(runner, names)
+    print("preflight:")
+    print(report.table())
+    for line in report.problem_lines():
+        print(line, file=sys.stderr)
+    if report.ok:
+        print(f"preflight passed ({len(report.checks)} checks)")
+    else:
+        print(f"preflight failed: {len(report.failures)} of {len(report.checks)} checks; nothing was run "
+              "(--no-preflight or run.preflight: false skips the preflight)", file=sys.stderr)
+    return report.ok
 
 
 def _model_config_class():

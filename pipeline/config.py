@@ -64,6 +64,10 @@ class RunConfig(StrictModel):
     keep_dropped: bool = not_fingerprinted(
         "Keep dropped rows with their reason under <stage>/dropped/ for auditing.", default=True
     )
+    preflight: bool = not_fingerprinted(
+        "Run the --preflight checks before a multi-stage run (--stage all, --from/--to) and stop when one fails; "
+        "--no-preflight skips them for one command.", default=True
+    )
 
 
 class HubConfig(StrictModel):

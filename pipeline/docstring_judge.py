@@ -16,9 +16,10 @@ from typing import Any, Iterable
 from pydantic import Field
 
 from pipeline.config import StrictModel, not_fingerprinted
-from pipeline.fewshot import DEFAULT_JUDGE_BANK, JudgeExample, load_judge_bank
+from pipeline.fewshot import DEFAULT_JUDGE_BANK, JudgeBank, JudgeExample, load_judge_bank
 from pipeline.generation import ask
 from pipeline.ids import stable_id
+from pipeline.preflight import Check, PreflightContext, RowEstimate
 from pipeline.progress import progress
 from pipeline.prompting import ParseFailure, PromptTask, section
 
@@ -78,6 +79,31 @@ class JudgeSettings(StrictModel):
     batch_size: int = not_fingerprinted("Functions per generation call.", default=16, gt=0)
 
 
+ANSWER_TOKENS = 4
+"""Most tokens of one answer (yes or no)."""
+
+
+def judge_prompt(task: DocstringJudgeTask, bank: JudgeBank, settings: JudgeSettings, seed: int, row: dict):
+    """The judge's prompt (text, or chat messages in chat mode) for one function row (``id``, ``code``)."""
+    examples = bank.sample(settings.fewshot_k, seed, "docstring_judge", row["id"])
+    return task.chat_messages(examples, row) if settings.mode == "chat" else task.completion_prompt(examples, row)
+
+
+def judge_preflight(ctx: PreflightContext, stage: str, llm_config: Any, settings: JudgeSettings, seed: int,
+                    rows: list[dict], where: str, count: RowEstimate) -> list[Check]:
+    """Preflight checks of the judge: its longest prompt (``rows``, else the bank's functions) and its budget."""
+    from pipeline.prompt_budget import prompt_checks
+
+    task = DocstringJudgeTask()
+    bank = load_judge_bank(Path(settings.fewshot_file))
+    if not rows:
+        rows = [{"id": e.id, "code": e.function} for e in bank.examples]
+        where = f"{len(rows)} bank functions as queries"
+    prompts = [judge_prompt(task, bank, settings, seed, row) for row in rows]
+    return prompt_checks(ctx, f"{stage} (docstring judge)", llm_config, prompts, max_tokens=ANSWER_TOKENS,
+                         max_tokens_key="the judge's answer", n=settings.samples, rows=count, sample=where)
+
+
 def judge_docstrings(backend: Any, rows: Iterable[dict], settings: JudgeSettings, seed: int) -> dict[str, bool]:
     """``{row id: passes}`` for rows with ``id`` and ``code``, by majority over ``settings.samples`` answers."""
     from pipeline.llm import SamplingParams
@@ -91,12 +117,9 @@ def judge_docstrings(backend: Any, rows: Iterable[dict], settings: JudgeSettings
     try:
         for start in range(0, len(rows), settings.batch_size):
             chunk = rows[start : start + settings.batch_size]
-            prompts = []
-            for row in chunk:
-                examples = bank.sample(settings.fewshot_k, seed, "docstring_judge", row["id"])
-                prompts.append(task.chat_messages(examples, row) if chat else task.completion_prompt(examples, row))
+            prompts = [judge_prompt(task, bank, settings, seed, row) for row in chunk]
             params = SamplingParams(
-                n=settings.samples, temperature=settings.temperature, max_tokens=4, stop=task.stop(),
+                n=settings.samples, temperature=settings.temperature, max_tokens=ANSWER_TOKENS, stop=task.stop(),
                 seed=int(stable_id(seed, "docstring_judge", *(r["id"] for r in chunk)), 16) % 2**31,
             )
             for row, answers in zip(chunk, ask(backend, task, prompts, params, chat=chat)):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pipeline.errors import PipelineError
+from pipeline.preflight import FAIL, OK, WARN, Check
 from pipeline.prompting import python_blocks
 
 log = logging.getLogger("pipeline.execution")
@@ -167,3 +168,38 @@ class SandboxSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sandbox_preflight(stage: str, key: str, sandbox_config: Any) -> list[Check]:
+    """Preflight checks of the sandbox a stage runs programs in: the Docker engine answers, the image is there.
+
+    ``key`` is the config path of the sandbox section (e.g. ``stages.execute.sandbox``). A missing image that
+    the stage would build itself (the default tag) is a warning; a named image that is missing is a failure.
+    """
+    from sandbox import SandboxUnavailable, image_tag
+    from sandbox.engine import connect
+    from sandbox.image import image_exists
+
+    try:
+        client = connect(sandbox_config.docker_url, timeout=15)
+    except SandboxUnavailable as exc:
+        return [Check(stage, "Docker engine", "not reachable", sandbox_config.docker_url or "default socket", FAIL,
+                      f"{stage}: {key}: {exc}")]
+    checks = [Check(stage, "Docker engine", "answers", sandbox_config.docker_url or "default socket", OK)]
+    default = image_tag()
+    tag = sandbox_config.image or default
+    try:
+        present = image_exists(client, tag)
+    finally:
+        client.close()
+    if present:
+        checks.append(Check(stage, "sandbox image", "present", tag, OK))
+    elif tag != default:
+        checks.append(Check(stage, "sandbox image", "missing", tag, FAIL,
+                            f"{stage}: {key}.image {tag} not found in the Docker engine "
+                            "(build it, or set it to null to build the default)"))
+    else:
+        checks.append(Check(stage, "sandbox image", "missing: built when the stage starts", tag, WARN,
+                            f"{stage}: sandbox image {tag} is missing; the stage builds it first "
+                            f"({key}.build: {sandbox_config.build}), which takes minutes"))
+    return checks

@@ -27,6 +27,7 @@ from pipeline.config import StageConfig
 if TYPE_CHECKING:
     from pipeline.context import StageContext
     from pipeline.inputs import InputSource
+    from pipeline.preflight import Check, PreflightContext, RowEstimate
     from pipeline.store import StageStore
 
 
@@ -98,6 +99,14 @@ class Stage(ABC):
         if override is not None:
             return open_input(override)
         return StoreSource(ctx.upstream_store())
+
+    def preflight_checks(self, ctx: "PreflightContext") -> list["Check"]:
+        """Checks ``--preflight`` runs for this stage before any work (prompt sizes, sandbox, memory); none here."""
+        return []
+
+    def preflight_rows(self, rows_in: "RowEstimate") -> "RowEstimate":
+        """How many rows the stage writes for ``rows_in`` input rows, for budgets; default: at most as many."""
+        return rows_in
 
     @property
     def log(self) -> logging.Logger:

@@ -39,7 +39,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from pipeline.config import StageConfig, not_fingerprinted
 from pipeline.errors import PipelineError
-from pipeline.execution import SandboxSession
+from pipeline.execution import SandboxSession, sandbox_preflight
 from pipeline.humaneval import (
     COMPLETION_STOP,
     ProblemSource,
@@ -201,6 +201,25 @@ class EvaluateStage(WholeStage):
         if self.config.prompt_format != "auto":
             return self.config.prompt_format
         return "chat" if label == "finetuned" else "completion"
+
+    def preflight_checks(self, ctx) -> list:
+        """The sandbox, and each evaluated model's longest HumanEval prompt and budget (the base model's tokenizer
+        and context stand in for the fine-tuned model, which does not exist yet)."""
+        from pipeline.preflight import RowEstimate
+        from pipeline.prompt_budget import prompt_checks
+
+        checks = sandbox_preflight(self.name, f"stages.{self.name}.sandbox", self.config.sandbox)
+        problems = select_problems(humaneval_problems(), self.config.limit, self.config.task_ids)
+        count = RowEstimate(len(problems), f"{len(problems)} HumanEval problems")
+        for label, on in (("base", self.config.evaluate_base), ("finetuned", self.config.evaluate_finetuned)):
+            if not on:
+                continue
+            fmt = self.format_for(label)
+            prompts = [chat_messages(p) if fmt == "chat" else completion_prompt(p) for p in problems]
+            checks += prompt_checks(ctx, f"{self.name} ({label})", self.model_config, prompts,
+                                    max_tokens=self.config.max_tokens, max_tokens_key=f"stages.{self.name}.max_tokens",
+                                    n=1, rows=count, sample=f"{len(problems)} problems, {fmt} format")
+        return checks
 
     def open_backend(self, llm_config):
         """Start the generation backend for one model (tests replace this with a fixture)."""

@@ -22,7 +22,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline.config import StageConfig
-from pipeline.execution import SandboxSession, build_program
+from pipeline.execution import SandboxSession, build_program, sandbox_preflight
 from pipeline.progress import progress
 from pipeline.stage import BatchResult, MapStage
 from sandbox import SandboxConfig
@@ -71,6 +71,10 @@ class ExecuteStage(MapStage):
     def __init__(self, config: ExecuteConfig, pipeline_config: Any):
         super().__init__(config, pipeline_config)
         self._session: SandboxSession | None = None
+
+    def preflight_checks(self, ctx) -> list:
+        """The Docker engine answers and the sandbox image is there."""
+        return sandbox_preflight(self.name, f"stages.{self.name}.sandbox", self.config.sandbox)
 
     def setup(self) -> None:
         """Start the sandbox (building its image if missing); no Docker engine is a clear error here."""

@@ -88,6 +88,10 @@ class FinetuneConfig(StageConfig):
     logging_steps: int = not_fingerprinted("Log the loss every this many optimizer steps.", default=1, ge=1)
     fit_check: bool = not_fingerprinted(
         "Estimate memory before loading and stop when the model cannot fit.", default=True)
+    device_memory_gib: float | None = not_fingerprinted(
+        "Memory of each training GPU in GiB, for --preflight's fit check when training runs on other hardware "
+        "than the preflight (e.g. 80 for an A100 80GB); unset: this machine's free CUDA memory, else its RAM.",
+        default=None, gt=0)
     push_to_hub: bool = not_fingerprinted(
         "Upload finetune/model to <hub.namespace>/<hub_model_name> when done.", default=False)
     hub_model_name: str | None = not_fingerprinted("Hub model repository name; default: hub.prefix.", default=None)
@@ -151,6 +155,59 @@ class FinetuneStage(WholeStage):
                 "activations_gib": round(est.activations / gib, 2),
                 "activations_checkpointed_gib": round(est.activations_checkpointed / gib, 2),
                 "logits_gib": round(est.logits / gib, 2)}
+
+    # -- preflight ---------------------------------------------------------------
+    def preflight_checks(self, ctx) -> list:
+        """The memory fit on the configured device (no weights loaded), and the Hub repository when pushing."""
+        from pipeline.preflight import FAIL, Check
+
+        checks = [self.memory_check()]
+        if self.config.push_to_hub:
+            from pipeline.training.publish import model_repo_id
+
+            try:
+                checks.append(Check(self.name, "model repository", model_repo_id(self.hub_config, self.config.hub_model_name),
+                                    "stages.finetune.push_to_hub"))
+            except PipelineError as exc:
+                checks.append(Check(self.name, "model repository", "no hub.namespace", "stages.finetune.push_to_hub",
+                                    FAIL, f"{self.name}: {exc}"))
+        return checks
+
+    def memory_check(self):
+        """Full fine-tuning's estimated memory against ``device_memory_gib``, else this machine's device."""
+        from pipeline.llm.models import gguf_cache_path, is_gguf, resolve_model
+        from pipeline.preflight import FAIL, INFO, OK, WARN, Check
+
+        cfg = self.config
+        name = self.model_name()
+        try:
+            source = resolve_model(name)
+        except Exception as exc:  # the model's package is missing: the run would fail too
+            return Check(self.name, "memory fit", "model not found", name, FAIL, f"{self.name}: {name}: {exc}")
+        cached = gguf_cache_path(source, self.cache_dir(), "float32") if is_gguf(source) else None
+        shape = memory.lookup(str(cached)) if cached and cached.is_dir() else memory.lookup(source)
+        shape = shape or memory.lookup(name)
+        if shape is None:
+            return Check(self.name, "memory fit", f"not estimated: no local config for {name}", "", INFO)
+        if cfg.device_memory_gib is not None:
+            available, where, cuda = int(cfg.device_memory_gib * memory.GIB), "stages.finetune.device_memory_gib", True
+        else:
+            available, where = memory.available_memory()
+            cuda = where.startswith("CUDA")
+        bf16 = cfg.bf16 and cuda
+        est = memory.estimate(shape, cfg.max_length, cfg.per_device_batch_size, bf16=bf16, fused_attention=cuda,
+                              cuda=cuda)
+        need = est.total(cfg.gradient_checkpointing)
+        gib = memory.GIB
+        measured = (f"{need / gib:,.1f} GiB ({shape.name}, {'bfloat16' if bf16 else 'float32'}, "
+                    f"batch {cfg.per_device_batch_size} x {cfg.max_length})")
+        limit = f"{available / gib:,.1f} GiB ({where})"
+        if need <= available:
+            return Check(self.name, "memory fit", measured, limit, OK)
+        problem = (f"{self.name}: full fine-tuning needs about {need / gib:,.1f} GiB > {where} {available / gib:,.1f} "
+                   "GiB (lower stages.finetune.max_length or per_device_batch_size, or set device_memory_gib for "
+                   "the training GPU)")
+        return Check(self.name, "memory fit", measured, limit, FAIL if cfg.fit_check else WARN, problem)
 
     # -- data ------------------------------------------------------------------
     def encode_all(self, ctx, encoder: ConversationEncoder) -> list[tuple[dict, Encoded]]:

@@ -39,11 +39,12 @@ from pydantic import Field, field_validator
 from pipeline.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_files
 from pipeline.config import StageConfig, StrictModel
 from pipeline.contamination import BenchmarkFile, BenchmarkIndex, benchmark_index
-from pipeline.docstring_judge import JudgeSettings, judge_docstrings
+from pipeline.docstring_judge import JudgeSettings, judge_docstrings, judge_preflight
 from pipeline.errors import InputError
 from pipeline.ids import stable_id
 from pipeline.inputs import DATA_SUFFIXES, InputSource
 from pipeline.near_dedup import NearDedupSettings, near_dedup
+from pipeline.preflight import Check, PreflightContext, RowEstimate
 from pipeline.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
 from pipeline.stage import BatchResult, MapStage
 from pipeline.typecheck import function_has_type_errors, typecheck_sources
@@ -287,6 +288,21 @@ class SeedsStage(MapStage):
                 result = near_dedup([r["id"] for r in rows], [r["code"] for r in rows], config)
                 drops.update({r["id"]: step for r, keep in zip(rows, result.keep) if not keep})
         return drops
+
+    # -- preflight -------------------------------------------------------------
+    def preflight_rows(self, rows_in: RowEstimate) -> RowEstimate:
+        """At most ``max_seeds`` seeds; unknown without it (the corpus is not scanned before the run)."""
+        if self.config.max_seeds is None:
+            return RowEstimate(None, "unknown without stages.seeds.max_seeds", 1.0, self.name)
+        return RowEstimate(self.config.max_seeds, f"stages.seeds.max_seeds {self.config.max_seeds:,}", 1.0, self.name)
+
+    def preflight_checks(self, ctx: PreflightContext) -> list[Check]:
+        """The docstring judge's prompt size and budget, when the judge is on."""
+        if "docstring_judge" not in self.config.filters:
+            return []
+        rows = ctx.sample_rows(self.name, ["id", "code"], 64)
+        return judge_preflight(ctx, self.name, self.model_config, self.config.docstring_judge, self.seed, rows,
+                               f"{len(rows)} longest seeds in the work dir", ctx.rows_out(self.name))
 
     def _judge(self, rows: list[dict]) -> dict[str, bool]:
         """Ask the model whether each seed's docstring says enough to re-implement it."""

@@ -160,13 +160,36 @@ def shape_from_dir(folder: str | Path) -> ModelShape:
     return shape
 
 
+def shape_from_gguf(path: str | Path) -> ModelShape:
+    """A GGUF model's shape from its header alone: dimensions from the metadata, tensors from their infos."""
+    from pipeline.llm.gguf_header import read_gguf_header
+
+    meta, tensors = read_gguf_header(path, tensors=True)
+    arch = str(meta.get("general.architecture", ""))
+
+    def field(key: str, default: int | None = None) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        if not isinstance(value, int):
+            raise PipelineError(f"{path}: the GGUF header lacks {arch}.{key}; cannot estimate the model's memory")
+        return value
+
+    hidden, n_heads = field("embedding_length"), field("attention.head_count")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = tokens.length if hasattr(tokens, "length") else field("vocab_size")
+    return ModelShape(Path(path).stem, field("block_count"), hidden, n_heads, field("attention.head_count_kv", n_heads),
+                      field("attention.key_length", hidden // n_heads), field("feed_forward_length"), vocab,
+                      arch.startswith(GATED_TYPES), list(tensors.values()))
+
+
 def lookup(model: str) -> ModelShape | None:
-    """The shape of a known architecture or a local model directory; None when neither."""
+    """The shape of a known architecture, a local model directory or a ``.gguf`` file; None when none of these."""
     key = ALIASES.get(model, model).lower()
     if key in KNOWN_MODELS:
         return KNOWN_MODELS[key]()
     if Path(model).is_dir():
         return shape_from_dir(model)
+    if model.lower().endswith(".gguf") and Path(model).is_file():
+        return shape_from_gguf(model)
     return None
 
 
