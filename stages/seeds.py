@@ -6,7 +6,9 @@ then pass a chain of filters, in the order the config lists them, and the
 first filter a function fails is its drop reason:
 
 * ``returns_value``: the function returns a value (a ``return <expr>`` other than ``None``);
-* ``no_todo``: no TODO, FIXME or "bug" in its source;
+* ``no_todo``: no TODO, FIXME or "bug" in its source; ``todo_match`` picks the test:
+  ``substring`` (as published: anywhere, any case, so "debug" and "todos" drop too)
+  or ``word`` (whole words only);
 * ``no_banned_imports``: it imports or uses none of os, sys, subprocess, argparse,
   setuptools, distutils, matplotlib, seaborn (configurable);
 * ``max_lines``: at most 150 lines;
@@ -93,6 +95,11 @@ class SeedsConfig(StageConfig):
         description="The filter chain, applied in this order; remove a name to switch that filter off.",
     )
     banned_imports: list[str] = Field(default_factory=lambda: list(BANNED), description="Modules a seed may not use.")
+    todo_match: Literal["substring", "word"] = Field(
+        default="substring",
+        description="How no_todo looks for todo/fixme/bug: substring (as published; 'debug' and 'todos' drop too) "
+        "or word (whole words only).",
+    )
     max_lines: int = Field(default=150, gt=0, description="Longest seed function, in lines.")
     min_args: int = Field(default=1, ge=0, description="Fewest arguments a seed function takes.")
     benchmark_files: list[BenchmarkFile] = Field(
@@ -236,7 +243,7 @@ class SeedsStage(MapStage):
 
     def no_todo(self, candidates: list[Candidate]) -> list[bool]:
         """Keep functions without TODO / FIXME / bug markers."""
-        return [not has_todo_marker(fn.code) for _, fn in candidates]
+        return [not has_todo_marker(fn.code, self.config.todo_match) for _, fn in candidates]
 
     def no_banned_imports(self, candidates: list[Candidate]) -> list[bool]:
         """Keep functions that neither import nor use a banned module."""
