@@ -75,7 +75,9 @@ class SourceConfig(StrictModel):
         default_factory=lambda: ["site-packages/*", "*/site-packages/*"],
         description="Glob patterns (relative paths) of .py files to skip, for kind stdlib/local.",
     )
-    dataset: str = Field(default="bigcode/the-stack", description="Hub dataset id, for kind hub.")
+    dataset: str = Field(
+        default="bigcode/the-stack-dedup", description="Hub dataset id, for kind hub (The Stack v1 deduplicated, as published)."
+    )
     data_dir: str | None = Field(default="data/python", description="Folder inside the Hub dataset.")
     split: str = Field(default="train", description="Split of the Hub dataset.")
     revision: str | None = Field(default=None, description="Revision (commit/tag) of the Hub dataset.")

@@ -64,3 +64,62 @@ def test_no_todo_is_a_substring_match_as_published_and_word_mode_stays():
     assert [r["drop_reason"] for r in published.dropped] == ["no_todo"]
     words = SeedsStage(SeedsConfig(filters=["no_todo"], todo_match="word"), recipe).process_batch([_seed_file(source)])
     assert sorted(r["name"] for r in words.rows) == ["debug_total", "plain"]
+
+
+# -- h. execution limits and main blocks that read standard input -------------------------------
+STDIN_MAIN = '''Here is the solution.
+
+```python
+import sys
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+if __name__ == "__main__":
+    value = int(sys.stdin.readline())
+    print(double(value))
+```
+'''
+
+
+def test_a_main_block_reading_stdin_is_cut_and_the_tests_then_run(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.execution import build_program
+    from stages.execute import ExecuteConfig
+
+    assert ExecuteConfig().drop_stdin_main is True
+    recipe = paper_recipe()
+    assert recipe.stages.execute.drop_stdin_main is True
+    assert recipe.stages.execute.sandbox.memory_mb == 4096 and recipe.stages.execute.sandbox.timeout_s == 10
+    program = build_program(STDIN_MAIN, "assert double(4) == 8\nprint('tests ran')", drop_stdin_main=True)
+    assert "__main__" not in program and "def double" in program
+    path = tmp_path / "p.py"
+    path.write_text(program)
+    # stdin closed: with the block kept, readline() gives "" and int("") raises before the tests.
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 0 and "tests ran" in done.stdout
+    kept = build_program(STDIN_MAIN, "assert double(4) == 8", drop_stdin_main=False)
+    path.write_text(kept)
+    assert subprocess.run([sys.executable, str(path)], stdin=subprocess.DEVNULL, capture_output=True, timeout=60).returncode != 0
+
+
+def test_a_main_block_without_input_is_kept():
+    from pipeline.execution import without_stdin_main
+
+    code = 'def f():\n    return 1\n\nif __name__ == "__main__":\n    print(f())'
+    assert without_stdin_main(code) == code
+    reading = 'def f():\n    return 1\n\nif "__main__" == __name__:\n    x = input()\nprint("after")'
+    assert without_stdin_main(reading) == 'def f():\n    return 1\n\nprint("after")'
+
+
+# -- i. the corpus ----------------------------------------------------------------------------------
+def test_seeds_stream_the_stack_dedup():
+    from stages.seeds import SourceConfig
+
+    source = paper_recipe().stages.seeds.source
+    assert (source.kind, source.dataset, source.data_dir) == ("hub", "bigcode/the-stack-dedup", "data/python")
+    assert SourceConfig().dataset == "bigcode/the-stack-dedup"
