@@ -21,8 +21,9 @@ first filter a function fails is its drop reason:
   word 5-gram shingles of the source, Jaccard 0.5, datasketch LSH); it compares
   seeds across all batches, so it runs once every batch is committed and must
   come last in the chain;
-* ``docstring_judge`` (off by default; needs the model): few-shot yes/no prompts
-  ask whether the docstring alone says enough to re-implement the function; a
+* ``docstring_judge`` (off by default, on in the paper recipe; needs the model): few-shot
+  yes/no prompts show the whole function and ask whether its docstring describes the
+  code well (``docstring_judge.show: signature`` shows only the signature and docstring); a
   strict majority of ``samples`` answers must say yes (ties count as no). Like
   near_dedup it runs once every batch is committed, so both come last.
 

@@ -123,3 +123,25 @@ def test_seeds_stream_the_stack_dedup():
     source = paper_recipe().stages.seeds.source
     assert (source.kind, source.dataset, source.data_dir) == ("hub", "bigcode/the-stack-dedup", "data/python")
     assert SourceConfig().dataset == "bigcode/the-stack-dedup"
+
+
+# -- c. seeds: near-dedup and the docstring judge -------------------------------------------------
+def test_paper_seeds_near_dedup_and_judge_reading_the_whole_function():
+    from pipeline.docstring_judge import JudgeSettings, judge_docstrings
+    from tests.test_docstring_judge import ScriptedBackend
+
+    seeds = paper_recipe().stages.seeds
+    assert seeds.filters[-2:] == ["near_dedup", "docstring_judge"] and seeds.near_dedup.threshold == 0.5
+    assert seeds.docstring_judge.show == "function" and JudgeSettings().show == "function"
+    rows = [
+        {"id": "lies", "code": 'def lies(xs):\n    """Return xs sorted ascending."""\n    return sorted(xs, reverse=True)\n'},
+        {"id": "tie", "code": 'def tie(x):\n    """Return x."""\n    return x\n'},
+    ]
+    backend = ScriptedBackend({"reverse=True": ["no", "no", "yes"], "def tie": ["yes", "no", "yes", "no"]})
+    verdicts = judge_docstrings(backend, rows, JudgeSettings(samples=3, fewshot_k=2), seed=3)
+    assert verdicts["lies"] is False
+    assert any("return sorted(xs, reverse=True)" in p for p in backend.prompts), "the judge sees the body"
+    assert judge_docstrings(backend, rows[1:], JudgeSettings(samples=4, fewshot_k=2), seed=3) == {"tie": False}
+    signature_only = ScriptedBackend({"def lies": ["yes"] * 3})
+    judge_docstrings(signature_only, rows[:1], JudgeSettings(show="signature", fewshot_k=2), seed=3)
+    assert "reverse=True" not in signature_only.prompts[0].rsplit("## Example", 1)[-1]
