@@ -1,17 +1,20 @@
-"""The docstring judge: does a function's docstring say enough to re-implement it?
+"""The docstring judge: is a function's docstring a good description of its code?
 
 The model sees a few worked examples (``configs/docstring_judge.yaml``: a
-signature with its docstring, then ``yes`` or ``no``) and then the seed's
-signature and docstring, without its body. It answers several times at a
-non-zero temperature; the seed passes when ``yes`` wins a strict majority.
-A tie, or an answer that is neither yes nor no, counts against it.
+whole function, then ``yes`` or ``no``) and then the seed's whole function
+(signature, docstring and body, as published), so it can reject a docstring
+that says too little or does not describe what the body does. ``show:
+signature`` shows only the signature and docstring instead. The model answers
+several times at a non-zero temperature; the seed passes when ``yes`` wins a
+strict majority. A tie, or an answer that is neither yes nor no, counts
+against it.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from pydantic import Field
 
@@ -38,21 +41,25 @@ def signature_and_docstring(code: str) -> str:
 
 
 class DocstringJudgeTask(PromptTask):
-    """Signature and docstring in, yes or no out."""
+    """A whole function in, yes or no out: does its docstring describe its code well?"""
 
     preamble = (
-        "Each example shows a Python function's signature and docstring, without its body, and then whether the "
-        "docstring alone says enough to write the body again: what the inputs are, what comes out, and how edge "
-        "cases behave. The answer is yes or no."
+        "Each example shows a whole Python function and then whether its docstring is a good description of "
+        "the code: it says what the inputs are, what comes out and how edge cases behave, and it agrees with "
+        "what the body really does. The answer is yes or no."
     )
-    answer_header = "### Enough to re-implement\n"
+    answer_header = "### Docstring describes the code\n"
     extra_stop = ["\n"]
 
+    def shown(self, code: str) -> str:
+        """The part of a function the judge sees: all of it."""
+        return code
+
     def query(self, row: dict) -> str:
-        return section("Function", f"```python\n{signature_and_docstring(row['code']).rstrip()}\n```")
+        return section("Function", f"```python\n{self.shown(row['code']).rstrip()}\n```")
 
     def example_query(self, example: JudgeExample) -> str:  # type: ignore[override]
-        return section("Function", f"```python\n{example.function.rstrip()}\n```")
+        return section("Function", f"```python\n{self.shown(example.function).rstrip()}\n```")
 
     def example_answer(self, example: JudgeExample) -> str:  # type: ignore[override]
         return example.verdict
@@ -65,9 +72,32 @@ class DocstringJudgeTask(PromptTask):
         return ParseFailure("unclear")
 
 
+class SignatureJudgeTask(DocstringJudgeTask):
+    """Signature and docstring in (the body left out), yes or no out: is the docstring enough to re-implement it?"""
+
+    preamble = (
+        "Each example shows a Python function's signature and docstring, without its body, and then whether the "
+        "docstring alone says enough to write the body again: what the inputs are, what comes out, and how edge "
+        "cases behave. The answer is yes or no."
+    )
+    answer_header = "### Enough to re-implement\n"
+
+    def shown(self, code: str) -> str:
+        """The part of a function the judge sees: its header through its docstring."""
+        return signature_and_docstring(code)
+
+
+JUDGE_TASKS = {"function": DocstringJudgeTask, "signature": SignatureJudgeTask}
+
+
 class JudgeSettings(StrictModel):
     """Settings of the docstring judge."""
 
+    show: Literal["function", "signature"] = Field(
+        default="function",
+        description="What the judge sees: the whole function (as published: it can reject a docstring that "
+        "does not match the body) or only its signature and docstring.",
+    )
     samples: int = Field(default=3, ge=1, description="Answers per function; yes needs a strict majority.")
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature of the answers.")
     fewshot_file: Path = not_fingerprinted(
@@ -108,7 +138,7 @@ def judge_docstrings(backend: Any, rows: Iterable[dict], settings: JudgeSettings
     """``{row id: passes}`` for rows with ``id`` and ``code``, by majority over ``settings.samples`` answers."""
     from pipeline.llm import SamplingParams
 
-    task = DocstringJudgeTask()
+    task = JUDGE_TASKS[settings.show]()
     bank = load_judge_bank(Path(settings.fewshot_file))
     rows = list(rows)
     verdicts: dict[str, bool] = {}

@@ -12,6 +12,7 @@ resuming a crashed one executes no program twice.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -32,13 +33,60 @@ VERDICT_LIMITS = (
 )
 
 
-def build_program(response: str, tests: str) -> str:
+def build_program(response: str, tests: str, drop_stdin_main: bool = False) -> str:
     """The program that checks a response: its fenced Python blocks in order, a blank line, then its tests.
 
     Blocks tagged ``python``, ``py``, ``python3`` or untagged count; prose outside the fences is left out.
+    With ``drop_stdin_main``, a main block that reads standard input is cut (see :func:`without_stdin_main`).
     """
     code = "\n\n".join(block.rstrip() for block in python_blocks(response))
+    if drop_stdin_main:
+        code = without_stdin_main(code)
     return f"{code}\n\n{tests.rstrip()}\n"
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """Whether ``node`` is ``if __name__ == "__main__":`` (either side of the ``==``)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.ops) != 1:
+        return False
+    if not isinstance(node.test.ops[0], ast.Eq):
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    texts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and texts == ["__main__"]
+
+
+def _reads_stdin(node: ast.AST) -> bool:
+    """Whether the code under ``node`` calls ``input()`` or touches ``sys.stdin`` / ``fileinput``."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "input":
+            return True
+        if isinstance(sub, ast.Attribute) and sub.attr == "stdin":
+            return True
+        if isinstance(sub, ast.Name) and sub.id in ("stdin", "fileinput"):
+            return True
+    return False
+
+
+def without_stdin_main(code: str) -> str:
+    """``code`` without its top-level ``if __name__ == "__main__":`` blocks that read standard input.
+
+    The sandbox gives a program no input, so such a block would wait or fail before the tests run; as
+    in the published execution filter, the program runs without it. Code that does not parse is
+    returned unchanged (it fails in the sandbox with its own error).
+    """
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    cut = [node for node in tree.body if _is_main_guard(node) and _reads_stdin(node)]
+    if not cut:
+        return code
+    lines = code.split("\n")
+    for node in reversed(cut):
+        del lines[node.lineno - 1 : node.end_lineno]
+    return "\n".join(lines).rstrip()
 
 
 def program_hash(program: str) -> str:

@@ -55,7 +55,9 @@ class GenerationConfig(StageConfig):
         description="completion: few-shot text for a base model; chat: the same task as chat turns for an instruct model.",
     )
     n: int = Field(default=1, ge=1, description="Completions per prompt.")
-    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    temperature: float = Field(
+        default=0.7, ge=0, description="Sampling temperature (0.7 at every generation step, as published); 0 is greedy."
+    )
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(default=512, ge=1, description="Most new tokens per completion.")
     repetition_penalty: float = Field(

@@ -2,6 +2,8 @@
 
 The program for a response is its fenced Python blocks, in order, then a
 blank line, then its tests block (see ``pipeline.execution.build_program``).
+A ``if __name__ == "__main__":`` block that reads standard input is left out,
+as in the published filter (``drop_stdin_main``; the sandbox has no input).
 Programs run in a pool of long-lived, locked-down containers (no network,
 read-only root, unprivileged user, rlimits, a wall-clock timeout). Each
 sample is written with its verdict: ``passed`` (the tests ran to their end),
@@ -34,6 +36,11 @@ class ExecuteConfig(StageConfig):
     """Settings of the execute stage."""
 
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="The sandbox's image, pool and limits.")
+    drop_stdin_main: bool = Field(
+        default=True,
+        description="Run a program without its `if __name__ == \"__main__\":` block when that block reads "
+        "standard input (input(), sys.stdin), as published; false runs the program as written.",
+    )
 
 
 class ExecuteStage(MapStage):
@@ -89,7 +96,8 @@ class ExecuteStage(MapStage):
     def process_batch(self, rows: list[dict]) -> BatchResult:
         """Run the batch's programs and write every sample with its verdict."""
         self.setup()
-        programs = {row["id"]: build_program(row["response"], row["tests"]) for row in rows}
+        programs = {row["id"]: build_program(row["response"], row["tests"], self.config.drop_stdin_main)
+                    for row in rows}
         bar = progress(total=len(rows), desc="execute batch", unit="programs", leave=False)
         try:
             verdicts = self._session.run(programs, on_verdict=lambda _: bar.update(1))

@@ -6,7 +6,9 @@ then pass a chain of filters, in the order the config lists them, and the
 first filter a function fails is its drop reason:
 
 * ``returns_value``: the function returns a value (a ``return <expr>`` other than ``None``);
-* ``no_todo``: no TODO, FIXME or "bug" in its source;
+* ``no_todo``: no TODO, FIXME or "bug" in its source; ``todo_match`` picks the test:
+  ``substring`` (as published: anywhere, any case, so "debug" and "todos" drop too)
+  or ``word`` (whole words only);
 * ``no_banned_imports``: it imports or uses none of os, sys, subprocess, argparse,
   setuptools, distutils, matplotlib, seaborn (configurable);
 * ``max_lines``: at most 150 lines;
@@ -19,8 +21,9 @@ first filter a function fails is its drop reason:
   word 5-gram shingles of the source, Jaccard 0.5, datasketch LSH); it compares
   seeds across all batches, so it runs once every batch is committed and must
   come last in the chain;
-* ``docstring_judge`` (off by default; needs the model): few-shot yes/no prompts
-  ask whether the docstring alone says enough to re-implement the function; a
+* ``docstring_judge`` (off by default, on in the paper recipe; needs the model): few-shot
+  yes/no prompts show the whole function and ask whether its docstring describes the
+  code well (``docstring_judge.show: signature`` shows only the signature and docstring); a
   strict majority of ``samples`` answers must say yes (ties count as no). Like
   near_dedup it runs once every batch is committed, so both come last.
 
@@ -74,7 +77,9 @@ class SourceConfig(StrictModel):
         default_factory=lambda: ["site-packages/*", "*/site-packages/*"],
         description="Glob patterns (relative paths) of .py files to skip, for kind stdlib/local.",
     )
-    dataset: str = Field(default="bigcode/the-stack", description="Hub dataset id, for kind hub.")
+    dataset: str = Field(
+        default="bigcode/the-stack-dedup", description="Hub dataset id, for kind hub (The Stack v1 deduplicated, as published)."
+    )
     data_dir: str | None = Field(default="data/python", description="Folder inside the Hub dataset.")
     split: str = Field(default="train", description="Split of the Hub dataset.")
     revision: str | None = Field(default=None, description="Revision (commit/tag) of the Hub dataset.")
@@ -94,6 +99,11 @@ class SeedsConfig(StageConfig):
         description="The filter chain, applied in this order; remove a name to switch that filter off.",
     )
     banned_imports: list[str] = Field(default_factory=lambda: list(BANNED), description="Modules a seed may not use.")
+    todo_match: Literal["substring", "word"] = Field(
+        default="substring",
+        description="How no_todo looks for todo/fixme/bug: substring (as published; 'debug' and 'todos' drop too) "
+        "or word (whole words only).",
+    )
     max_lines: int = Field(default=150, gt=0, description="Longest seed function, in lines.")
     min_args: int = Field(default=1, ge=0, description="Fewest arguments a seed function takes.")
     benchmark_files: list[BenchmarkFile] = Field(
@@ -237,7 +247,7 @@ class SeedsStage(MapStage):
 
     def no_todo(self, candidates: list[Candidate]) -> list[bool]:
         """Keep functions without TODO / FIXME / bug markers."""
-        return [not has_todo_marker(fn.code) for _, fn in candidates]
+        return [not has_todo_marker(fn.code, self.config.todo_match) for _, fn in candidates]
 
     def no_banned_imports(self, candidates: list[Candidate]) -> list[bool]:
         """Keep functions that neither import nor use a banned module."""
