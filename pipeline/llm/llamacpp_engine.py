@@ -257,12 +257,11 @@ class LlamaCppEngine:
         slot.pieces += self.piece(token)
         slot.last_token = token
         if job.stop:
-            text = slot.pieces.decode(errors="ignore")
-            longest = max(len(s) for s in job.stop)
-            window = text[max(0, slot.checked - longest) :]
-            cut = min((i for i in (window.find(s) for s in job.stop if s) if i >= 0), default=-1)
+            text = slot.pieces.decode(errors="replace")
+            start = max(0, slot.checked - max(len(s) for s in job.stop) - 4)  # 4: a character still incomplete
+            cut = min((i for i in (text.find(s, start) for s in job.stop) if i >= 0), default=-1)
             if cut >= 0:
-                job.text = text[: max(0, slot.checked - longest) + cut]
+                job.text = text[:cut]
                 return self._finish(slot, "stop", keep_text=True)
             slot.checked = len(text)
         if job.completion_tokens >= job.max_tokens or slot.pos + 1 >= self.ctx_per_slot:
