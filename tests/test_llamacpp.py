@@ -149,16 +149,17 @@ def test_a_server_that_ignores_sigterm_is_killed(tmp_path):
     server.stop()
     assert time.monotonic() - start >= 1.0
     assert not _alive(pid)
-    assert not list(tmp_path.glob("*.json"))
+    assert not list(tmp_path.iterdir())  # record and log gone
     server.stop()  # twice is fine
 
 
 def test_a_server_that_dies_while_starting_is_reported_in_one_line(tmp_path):
     server = ManagedServer("broken", [sys.executable, "-c", "import sys; print('no model here'); sys.exit(3)"],
                            "http://127.0.0.1:9/", tmp_path, start_timeout_s=60)
-    with pytest.raises(BackendError, match=r"broken exited with status 3 while starting: no model here"):
+    with pytest.raises(BackendError, match=r"broken exited with status 3 while starting: no model here \(log "):
         server.start()
     assert not list(tmp_path.glob("*.json"))
+    assert len(list(tmp_path.glob("*.log"))) == 1  # kept: the error names it
 
 
 def test_orphans_of_dead_runs_are_reaped_and_strangers_left_alone(tmp_path):

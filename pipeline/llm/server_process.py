@@ -21,7 +21,8 @@ guarantees that the server does not outlive the run:
 
 The server's output goes to a log file beside its record; a server that
 exits or never answers its health URL within ``start_timeout_s`` is killed
-and reported in one line with the log's last line.
+and reported in one line with the log's last line (its log is kept; the log
+of a server that ran fine goes with its record).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class ManagedServer:
         self.proc: subprocess.Popen | None = None
         self.record_path: Path | None = None
         self.log_path: Path | None = None
+        self.healthy = False
 
     # -- start ----------------------------------------------------------------
     def start(self) -> "ManagedServer":
@@ -141,6 +143,7 @@ class ManagedServer:
         except BaseException:
             self.stop()
             raise
+        self.healthy = True
         return self
 
     def _write_record(self) -> None:
@@ -184,7 +187,11 @@ class ManagedServer:
 
     # -- stop -------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop the server: SIGTERM to its process group, SIGKILL after the grace period. Safe to call twice."""
+        """Stop the server: SIGTERM to its process group, SIGKILL after the grace period. Safe to call twice.
+
+        The log of a server that started fine is removed with its record; the
+        log of one that failed to start is kept (the error names it).
+        """
         proc, self.proc = self.proc, None
         if proc is not None:
             terminate_group(proc.pid, self.stop_grace_s, wait=proc.wait)
@@ -192,6 +199,8 @@ class ManagedServer:
         _unregister(self)
         if self.record_path is not None:
             self.record_path.unlink(missing_ok=True)
+        if self.healthy and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
     @property
     def running(self) -> bool:
