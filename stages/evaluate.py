@@ -83,6 +83,11 @@ class EvaluateConfig(StageConfig):
     max_tokens: int = Field(default=512, ge=1, description="Most new tokens per answer.")
     limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N problems (after `task_ids`).")
     task_ids: list[str] | None = Field(default=None, description="Evaluate only these problems, e.g. [HumanEval/0].")
+    base_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model settings that differ for the base model here (e.g. {backend: transformers} so that it "
+        "runs on the same engine as the fine-tuned one when the generation stages used llamacpp).",
+    )
     finetuned_overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Model settings that differ for the fine-tuned model (e.g. {base_url: ..., model: <served name>} "
@@ -168,16 +173,23 @@ class EvaluateStage(WholeStage):
             raise PipelineError("stage evaluate needs a model section (model.backend, model.model)")
         found = []
         if self.config.evaluate_base:
-            found.append(Contender("base", self.model_config, self.model_config.model, self.format_for("base")))
+            llm_config = self.overridden("base_overrides", self.config.base_overrides)
+            found.append(Contender("base", llm_config, llm_config.model, self.format_for("base")))
         if self.config.evaluate_finetuned:
             model_dir = self.finetuned_dir(ctx)
             update = {"tokenizer": None, "model": str(model_dir), **self.config.finetuned_overrides}
-            try:
-                llm_config = type(self.model_config).model_validate({**self.model_config.model_dump(), **update})
-            except ValidationError as exc:
-                raise PipelineError(f"stages.evaluate.finetuned_overrides: {exc.errors()[0]['msg']}") from None
+            llm_config = self.overridden("finetuned_overrides", update)
             found.append(Contender("finetuned", llm_config, str(model_dir), self.format_for("finetuned")))
         return found
+
+    def overridden(self, key: str, update: dict):
+        """The model section with ``update`` applied; a one-line error naming ``stages.evaluate.<key>``."""
+        if not update:
+            return self.model_config
+        try:
+            return type(self.model_config).model_validate({**self.model_config.model_dump(), **update})
+        except ValidationError as exc:
+            raise PipelineError(f"stages.evaluate.{key}: {exc.errors()[0]['msg']}") from None
 
     def finetuned_dir(self, ctx) -> Path:
         """The directory the finetune stage saved its model to; a clear error when there is none."""

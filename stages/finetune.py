@@ -54,7 +54,7 @@ class FinetuneConfig(StageConfig):
     """Settings of the finetune stage (defaults: the paper's recipe)."""
 
     base_model: str | None = Field(
-        default=None, description="Model to fine-tune (directory, Hub id, .gguf, 'gemma3-270m-gguf'); default: model.model.")
+        default=None, description="Model to fine-tune (directory, Hub id, .gguf, or a model alias such as 'gemma3-270m-gguf'); default: model.model.")
     chat_format: Literal["instruction", "chatml"] = Field(
         default="instruction",
         description="'instruction': ### Instruction / ### Response blocks; 'chatml': <|system|> <|user|> "

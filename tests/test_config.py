@@ -26,6 +26,11 @@ def _write(tmp_path, data) -> str:
 def test_recipes_in_configs_validate():
     demo = load_config(REPO / "configs/demo.yaml", MODEL)
     assert demo.stages.seeds.source.kind == "stdlib"
+    assert (demo.model.backend, demo.model.model) == ("llamacpp", "qwen2.5-coder-0.5b-instruct-gguf")
+    gemma = load_config(REPO / "configs/demo-gemma-base.yaml", MODEL)
+    assert (gemma.model.backend, gemma.model.model) == ("transformers", "gemma3-270m-gguf")
+    mini = load_config(REPO / "configs/mini-repro.yaml", MODEL)
+    assert mini.stages.evaluate.limit is None and mini.stages.responses.n == 5
     paper = load_config(REPO / "configs/selfcodealign-sc2-15b.yaml", MODEL)
     assert paper.model.backend == "vllm" and paper.model.model == "bigcode/starcoder2-15b"
     assert paper.stages.seeds.source.dataset == "bigcode/the-stack"

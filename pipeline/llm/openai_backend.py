@@ -35,15 +35,17 @@ _PROGRESS_MIN_REQUESTS = 16
 class OpenAIBackend(Backend):
     """Client of an OpenAI-compatible HTTP server, with bounded concurrency."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, base_url: str | None = None, max_concurrency: int | None = None) -> None:
+        """Client of ``base_url`` (default: the config's) with ``max_concurrency`` requests in flight (default: the config's)."""
         try:
             import openai
         except ImportError as e:  # pragma: no cover - openai is a core dependency
             raise BackendError("the openai backend needs the 'openai' package (pip install openai)") from e
-        if config.backend != "openai":
-            raise ValueError(f"OpenAIBackend needs backend='openai', got {config.backend!r}")
+        if base_url is None and config.backend != "openai":
+            raise ValueError(f"OpenAIBackend needs backend='openai' or a base_url, got {config.backend!r}")
         self.config = config
-        self.base_url = config.base_url.rstrip("/")
+        self.base_url = (base_url or config.base_url).rstrip("/")
+        self.max_concurrency = max_concurrency or config.max_concurrency
         api_key = os.environ.get(config.api_key_env) or "EMPTY"
         self._client = openai.OpenAI(
             base_url=self.base_url,
@@ -84,7 +86,7 @@ class OpenAIBackend(Backend):
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(items), desc="generate", unit="prompt")
-        workers = min(self.config.max_concurrency, len(items))
+        workers = min(self.max_concurrency, len(items))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend")
         try:
             futures = {pool.submit(self._with_n, call, item, params): i for i, item in enumerate(items)}

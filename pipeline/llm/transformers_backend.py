@@ -51,7 +51,7 @@ class TransformersBackend(Backend):
             raise ValueError(f"TransformersBackend needs backend='transformers', got {config.backend!r}")
         self.config = config
         self.device = _pick_device(config.device)
-        source = resolve_model(config.model)
+        source = resolve_model(config.model, config.resolved_cache_dir())
         if is_gguf(source):
             source = str(ensure_gguf_cached(source, config.resolved_cache_dir(), config.dtype))
         self.source = source

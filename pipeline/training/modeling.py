@@ -23,7 +23,7 @@ def resolve_model_dir(model: str, cache_dir: str | Path) -> str:
     """A directory or Hub id ``from_pretrained`` can load (GGUF models are converted once to a cache)."""
     from pipeline.llm.models import ensure_gguf_cached, is_gguf, resolve_model
 
-    source = resolve_model(model)
+    source = resolve_model(model, cache_dir)
     if is_gguf(source):
         source = str(ensure_gguf_cached(source, cache_dir, "float32"))
     return source
