@@ -19,7 +19,7 @@ from pipeline.runner import Runner
 from pipeline.stage import PlannedStage
 from pipeline.store import StageStore
 from stages import PIPELINE
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, require_installed, run_cli
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
 
 MODEL = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},
@@ -84,7 +84,10 @@ def test_shards_refuse_what_they_cannot_do(tmp_path, stdlib_corpus):
 # -- Ray ------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is installed by the ray extra (CI installs it)")
+    try:
+        import ray
+    except ImportError as exc:
+        require_installed("Ray (the ray extra)", str(exc))
     from pipeline.executors.ray_executor import connect
 
     connect(None, workers=2)
