@@ -12,6 +12,7 @@ from pipeline.config import build_config_model, load_config
 from pipeline.errors import PipelineError
 from pipeline.progress import setup_logging
 from pipeline.stage import PlannedStage, Stage
+from pipeline.store import ensure_work_dir
 from pipeline.summary import run_summary
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -104,6 +105,8 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             print(run_summary(runner.states()))
             return 0
         names = runner.select(args.stage, args.start, args.end)
+        if args.stage or args.start or args.end or args.report:
+            ensure_work_dir(config.run.work_dir)  # a one-line error before anything is written
         log_path = setup_logging(config.run.work_dir, args.log_level)
         log = logging.getLogger("pipeline")
         log.info("config %s, work dir %s, log %s", args.config, config.run.work_dir, log_path)

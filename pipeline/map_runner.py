@@ -10,6 +10,7 @@ in input order, so the committed parts are always a prefix of the batches
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections import Counter
 from typing import Iterator
@@ -61,6 +62,12 @@ def _batches(
             yield todo
 
 
+def _unless_empty(batches: Iterator[list[dict]]) -> Iterator[list[dict]] | None:
+    """The same batches, or None when there are none (so no model is loaded and no pool started for nothing)."""
+    first = next(batches, None)
+    return None if first is None else itertools.chain([first], batches)
+
+
 def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: tuple[int, int] | None = None) -> None:
     """Run every uncommitted batch of ``stage`` (only this shard's rows when ``shard=(k, n)``)."""
     store = ctx.store
@@ -81,8 +88,8 @@ def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: 
                        unit="rows")
         bar.update(0)
         try:
-            batches = _batches(source, size, log.input_ids, bar, duplicates, shard)
-            for batch, result, seconds in ctx.executor.map_ordered(stage, batches):
+            batches = _unless_empty(_batches(source, size, log.input_ids, bar, duplicates, shard))
+            for batch, result, seconds in ctx.executor.map_ordered(stage, batches) if batches else ():
                 rows, dropped = result.rows, result.dropped
                 if limit is not None and kept + len(rows) > limit:
                     over = rows[limit - kept :]
