@@ -12,6 +12,7 @@ from pipeline.config import build_config_model, load_config
 from pipeline.errors import PipelineError
 from pipeline.progress import setup_logging
 from pipeline.stage import PlannedStage, Stage
+from pipeline.store import ensure_work_dir
 from pipeline.summary import run_summary
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -114,6 +115,8 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             print(run_summary(runner.states()))
             return 0
         names = runner.select(args.stage, args.start, args.end)
+        if args.stage or args.start or args.end or args.report:
+            ensure_work_dir(config.run.work_dir)  # a one-line error before anything is written
         multi_stage = args.stage == "all" or ((args.start or args.end) and not args.stage)
         if args.preflight or (multi_stage and config.run.preflight and not args.no_preflight
                               and not (args.shard or args.merge)):

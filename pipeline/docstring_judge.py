@@ -18,7 +18,7 @@ from typing import Any, Iterable, Literal
 
 from pydantic import Field
 
-from pipeline.config import StrictModel, not_fingerprinted
+from pipeline.config import ExistingFile, StrictModel, not_fingerprinted
 from pipeline.fewshot import DEFAULT_JUDGE_BANK, JudgeBank, JudgeExample, load_judge_bank
 from pipeline.generation import ask
 from pipeline.ids import stable_id
@@ -100,7 +100,7 @@ class JudgeSettings(StrictModel):
     )
     samples: int = Field(default=3, ge=1, description="Answers per function; yes needs a strict majority.")
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature of the answers.")
-    fewshot_file: Path = not_fingerprinted(
+    fewshot_file: ExistingFile = not_fingerprinted(
         "The judge's worked examples (YAML); their content, not the path, is part of the fingerprint.",
         default=DEFAULT_JUDGE_BANK,
     )

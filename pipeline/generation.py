@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.config import ExistingFile, StageConfig, not_fingerprinted
 from pipeline.errors import PipelineError
 from pipeline.fewshot import DEFAULT_BANK, FewShotBank, FewShotExample, load_bank
 from pipeline.ids import stable_id
@@ -42,7 +42,7 @@ def prompt_chars(prompt: Any) -> int:
 class GenerationConfig(StageConfig):
     """Settings every generation stage accepts."""
 
-    fewshot_file: Path = not_fingerprinted(
+    fewshot_file: ExistingFile = not_fingerprinted(
         "The few-shot example bank (YAML); its content, not its path, is part of the fingerprint.", default=DEFAULT_BANK
     )
     fewshot_k: int = Field(default=8, ge=0, description="Bank examples shown before each query.")

@@ -10,6 +10,7 @@ in input order, so the committed parts are always a prefix of the batches
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections import Counter, deque
@@ -68,6 +69,12 @@ def _todo(chunk: list[dict], repeats: list[dict], done: set[str], bar) -> Iterat
                       "drop_reason": DUPLICATE_REASON} for r in repeats]
 
 
+def _unless_empty(batches: Iterator[list[dict]]) -> Iterator[list[dict]] | None:
+    """The same batches, or None when there are none (so no model is loaded and no pool started for nothing)."""
+    first = next(batches, None)
+    return None if first is None else itertools.chain([first], batches)
+
+
 def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: tuple[int, int] | None = None) -> None:
     """Run every uncommitted batch of ``stage`` (only this shard's rows when ``shard=(k, n)``)."""
     store = ctx.store
@@ -93,7 +100,9 @@ def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: 
                     repeats.append(repeated)
                     yield todo
 
-            for batch, result, seconds in ctx.executor.map_ordered(stage, batches()):
+            batches_or_none = _unless_empty(batches())
+            for batch, result, seconds in (ctx.executor.map_ordered(stage, batches_or_none)
+                                           if batches_or_none else ()):
                 repeated = repeats.popleft()
                 rows, dropped = result.rows, result.dropped + repeated
                 if limit is not None and kept + len(rows) > limit:

@@ -183,6 +183,9 @@ class Runner:
         manifests = []  # --input feeds the first selected stage; later ones read their upstream
         for i, name in enumerate(names):
             state = self.state(name)
+            if state.state == DONE and input_override is not None and i == 0 and \
+                    (state.manifest.get("input") or {}).get("spec") != input_override:
+                state = StageState(name, STALE, "it ran on another input than this --input")
             if state.state == DONE and not force:
                 log.info("%s: done (fingerprint matches), skipping; use --force to rerun", name)
                 manifests.append(state.manifest)
@@ -208,6 +211,8 @@ class Runner:
         ctx = StageContext(self.config, name, entry.upstream, executor, input_override=input_override)
         source = stage.input_source(ctx, input_override)
         source.require(list(stage.input_columns), name)
+        if source.is_empty():
+            check_empty_input_allowed(name, source.description, self.config.run.allow_empty_input)
         ctx.source = source
         return stage, ctx
 
@@ -302,6 +307,17 @@ class Runner:
         for line in stage_summary(manifest, store.dir).splitlines():
             log.info(line)
         return manifest
+
+
+def check_empty_input_allowed(name: str, description: str, allowed: bool) -> None:
+    """An input with no rows is an error (a stage would finish "done" with nothing), unless allowed: then a warning."""
+    if not allowed:
+        raise PipelineError(
+            f"stage {name}: its input ({description}) holds no rows, so there is nothing to run; fix the input, "
+            "or set run.allow_empty_input=true to let the stage finish empty"
+        )
+    log.warning("%s: its input (%s) holds NO rows; the stage finishes with 0 rows (run.allow_empty_input)",
+                name, description)
 
 
 def check_shardable(stage: Stage, force: bool) -> None:

@@ -91,6 +91,24 @@ def _atomic_write_table(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
 
 
+def ensure_work_dir(work_dir: Path) -> None:
+    """Create the work dir when needed and check that a file can be written in it, before any stage starts.
+
+    A folder that cannot be created (``/proc/x``, a path under a file) or written (read-only) is a
+    one-line :class:`StoreError` naming ``run.work_dir``; nothing inside an existing work dir is touched.
+    """
+    path = Path(work_dir)
+    action = "create"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        action = "write in"
+        probe = _tmp_name(path / ".write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"run.work_dir {path}: cannot {action} it ({exc.strerror or exc})") from None
+
+
 def rows_to_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
     """Build an Arrow table from row dicts; without a schema, the union of all rows' keys is used."""
     if schema is not None:

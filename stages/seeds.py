@@ -43,14 +43,14 @@ from pipeline.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_fil
 from pipeline.config import StageConfig, StrictModel
 from pipeline.contamination import BenchmarkFile, BenchmarkIndex, benchmark_index
 from pipeline.docstring_judge import JudgeSettings, judge_docstrings, judge_preflight
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PipelineError
 from pipeline.ids import stable_id
 from pipeline.inputs import DATA_SUFFIXES, InputSource
 from pipeline.near_dedup import NearDedupSettings, near_dedup
 from pipeline.preflight import Check, PreflightContext, RowEstimate
 from pipeline.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
 from pipeline.stage import BatchResult, MapStage
-from pipeline.typecheck import function_has_type_errors, typecheck_sources
+from pipeline.typecheck import TypecheckError, function_has_type_errors, typecheck_sources
 
 FilterName = Literal[
     "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments",
@@ -116,6 +116,13 @@ class SeedsConfig(StageConfig):
     )
     near_dedup: NearDedupSettings = Field(default_factory=lambda: NearDedupSettings(threshold=0.5))
     docstring_judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+    def problems(self, pipeline_config) -> list[str]:
+        """The docstring judge asks the model: it needs the top-level model section."""
+        if "docstring_judge" in self.filters and getattr(pipeline_config, "model", None) is None:
+            return ["filters: docstring_judge asks the model, so the config needs a model section "
+                    "(model.backend, model.model)"]
+        return []
 
     @field_validator("filters")
     @classmethod
@@ -266,7 +273,13 @@ class SeedsStage(MapStage):
         """Keep functions with no type error, checking each file of the batch once in one checker run."""
         files = {file["id"]: file["content"] for file, _ in candidates}
         names = {fid: f"f{i:05d}.py" for i, fid in enumerate(files)}
-        diagnostics = typecheck_sources({names[fid]: text for fid, text in files.items()}) if files else {}
+        try:
+            diagnostics = typecheck_sources({names[fid]: text for fid, text in files.items()}) if files else {}
+        except TypecheckError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise PipelineError(f"stages.seeds.filters: typechecks failed: {' '.join(lines)[:300]}; the batches "
+                                "committed so far are kept (fix the checker, or remove typechecks from the "
+                                "filters)") from None
         return [
             not function_has_type_errors(diagnostics.get(names[file["id"]], []), fn.lineno, fn.end_lineno)
             for file, fn in candidates

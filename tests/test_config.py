@@ -81,7 +81,7 @@ def test_whole_output_filter_must_come_last(tmp_path):
     path = _write(tmp_path, {"run": {"work_dir": "w"}, "stages": {"seeds": {"filters": ["near_dedup", "no_todo"]}}})
     with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*no_todo comes after a whole-output filter"):
         load_config(path, MODEL)
-    fine = _write(tmp_path, {"run": {"work_dir": "w"},
+    fine = _write(tmp_path, {"run": {"work_dir": "w"}, "model": {"backend": "openai", "model": "m"},
                              "stages": {"seeds": {"filters": ["no_todo", "docstring_judge", "near_dedup"]}}})
     assert load_config(fine, MODEL).stages.seeds.filters[-2:] == ["docstring_judge", "near_dedup"]
 

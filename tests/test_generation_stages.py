@@ -223,6 +223,7 @@ def test_sigkill_mid_generation_then_rerun_equals_uninterrupted(tmp_path, bank_f
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_three_stages_on_the_gemma_package_model(tmp_path):
     """concepts -> instructions -> responses with the real Gemma 3 270M base model, for a handful of seeds."""
     recipe = {

@@ -150,13 +150,13 @@ def test_input_override_feeds_a_stage_and_checks_columns(tmp_path, stdlib_corpus
     assert states(runner)["lengths"] == DONE, "a stage fed by --input is done while that input is unchanged"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"title": "x"}) + "\n")
-    with pytest.raises(InputError, match=r"bad.jsonl: missing required column\(s\) name for stage lengths"):
+    with pytest.raises(InputError, match=r"bad.jsonl: line 1: the row lacks required column\(s\) name for stage lengths"):
         runner.run_stage("lengths", input_override=str(bad))
     with pytest.raises(InputError, match="no such file or folder"):
         runner.run_stage("lengths", input_override=str(tmp_path / "absent.parquet"))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"name": "ok"}\n{"name": \n')
-    with pytest.raises(InputError, match=r"broken.jsonl:2: not valid JSON"):
+    with pytest.raises(InputError, match=r"broken.jsonl: line 2, column 10: not valid JSON: Expecting value"):
         runner.run_stage("lengths", input_override=str(broken), force=True)
 
 
