@@ -217,9 +217,9 @@ class Runner:
         With ``shard=(k, n)`` only the input rows whose id hashes to k mod n are processed; the manifest is
         written by whichever shard finishes last (or by :meth:`merge`), and None is returned until then.
         """
-        stage, ctx = self._prepare(name, input_override)
         if world_size() > 1:
-            return self._run_in_launch(stage, ctx, force)
+            return self._run_in_launch(name, input_override, force)
+        stage, ctx = self._prepare(name, input_override)
         fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
         store = ctx.store
         info = store.run_info()
@@ -256,15 +256,17 @@ class Runner:
             raise PipelineError(f"stage {name} is neither a map stage nor a whole stage")
         return self._write_manifest(stage, ctx, fields, fingerprint, digest, started)
 
-    def _run_in_launch(self, stage: Stage, ctx: StageContext, force: bool) -> dict:
+    def _run_in_launch(self, name: str, input_override: str | None, force: bool) -> dict:
         """Run a whole stage in every process of a multi-process launch; only the main process writes.
 
         The main process prepares the stage's folder (clearing a finished or stale run) while the others
         wait, so every process then sees the same folder; the manifest is the main process's alone.
         """
+        stage = self.stage(name)
         if not (isinstance(stage, WholeStage) and stage.multi_process):
-            raise PipelineError(f"stage {stage.name} runs in one process: launch it without accelerate launch / "
+            raise PipelineError(f"stage {name} runs in one process: launch it without accelerate launch / "
                                 f"torchrun (WORLD_SIZE is {world_size()})")
+        stage, ctx = self._prepare(name, input_override)
         fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
         store = ctx.store
         if is_main_process():
