@@ -43,7 +43,7 @@ from pipeline.map_runner import manifest_fields
 from pipeline.stage import WholeStage
 from pipeline.processes import is_main_process, world_size
 from pipeline.training import layouts, memory
-from pipeline.training.adapters import AdapterOptions
+from pipeline.training.adapter_options import AdapterOptions
 from pipeline.training.data import (
     ConversationDataset, ConversationEncoder, Encoded, PaddingCollator, pack, plain_rows,
 )

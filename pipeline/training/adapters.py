@@ -13,36 +13,19 @@ and a merged model (``finetune/model/``): the base in bfloat16/float32 with
 the adapter folded into its weights, a plain model that evaluate, ``--chat``
 and publishing load like any other. Merging reloads the base on the CPU, so
 a 4-bit training run still yields a full-precision merged model.
+
+This module needs only torch, transformers and peft (the GPU check imports
+it); the stage's settings are in :mod:`pipeline.training.adapter_options`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field
-
-from pipeline.config import StageConfig
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("pipeline.finetune")
-
-
-class AdapterOptions(StageConfig):
-    """The finetune settings of the adapter (none: full fine-tuning, as in the paper)."""
-
-    adapter: Literal["none", "lora", "qlora"] = Field(
-        default="none",
-        description="'none': full fine-tuning (the paper); 'lora': train low-rank adapters only (PEFT); "
-                    "'qlora': the same on a 4-bit base (needs CUDA and bitsandbytes).")
-    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
-    lora_alpha: float = Field(default=32, gt=0, description="LoRA scale numerator (updates are scaled by alpha / r).")
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA branch's input.")
-    lora_target_modules: str | list[str] = Field(
-        default="all-linear",
-        description="Modules that get adapters: 'all-linear' (every linear layer but the output layer) or a "
-                    "list of module names (e.g. [q_proj, k_proj, v_proj, o_proj]).")
 
 
 def quantization_config():
@@ -68,8 +51,12 @@ def embedding_module_names(model) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in wanted})
 
 
-def attach_adapter(model, options: AdapterOptions, *, train_embeddings: bool, checkpointing: bool):
-    """Freeze ``model`` and wrap it with a LoRA adapter; return the PEFT model."""
+def attach_adapter(model, options, *, train_embeddings: bool, checkpointing: bool):
+    """Freeze ``model`` and wrap it with a LoRA adapter; return the PEFT model.
+
+    ``options`` holds the fields of :class:`pipeline.training.adapter_options.AdapterOptions` (``adapter``,
+    ``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``); any object with them will do.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if options.adapter == "qlora":
