@@ -10,6 +10,7 @@ from typing import Sequence
 
 from pipeline.config import build_config_model, load_config
 from pipeline.errors import PipelineError
+from pipeline.processes import is_main_process
 from pipeline.progress import setup_logging
 from pipeline.stage import PlannedStage, Stage
 from pipeline.store import ensure_work_dir
@@ -135,9 +136,10 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
                 runner.run_stage(args.stage, force=args.force, input_override=args.input, shard=args.shard)
         elif args.stage or args.start or args.end:
             runner.run(names, force=args.force, input_override=args.input)
-            print(run_summary(runner.states()))
+            if is_main_process():  # the other processes of an accelerate launch stay quiet
+                print(run_summary(runner.states()))
         publishing = args.publish or (config.hub.namespace and (args.stage or args.start or args.end))
-        if args.publish_dry_run or publishing:
+        if (args.publish_dry_run or publishing) and is_main_process():
             from pipeline.hub import publish
 
             built = [n for n in names if not isinstance(runner.entry(n), PlannedStage)]

@@ -22,6 +22,7 @@ from pipeline.context import StageContext
 from pipeline.errors import PipelineError, StageNotBuiltError
 from pipeline.executors import create_executor
 from pipeline.map_runner import elapsed_since, finish_map_stage, run_batches
+from pipeline.processes import is_main_process, wait_for_everyone, world_size
 from pipeline.stage import MapStage, PlannedStage, Stage, WholeStage
 from pipeline.store import StageStore
 from pipeline.summary import stage_summary
@@ -224,6 +225,8 @@ class Runner:
         With ``shard=(k, n)`` only the input rows whose id hashes to k mod n are processed; the manifest is
         written by whichever shard finishes last (or by :meth:`merge`), and None is returned until then.
         """
+        if world_size() > 1:
+            return self._run_in_launch(name, input_override, force)
         stage, ctx = self._prepare(name, input_override)
         fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
         store = ctx.store
@@ -259,6 +262,34 @@ class Runner:
             fields = stage.run(ctx)
         else:  # pragma: no cover - the registry only holds the two shapes
             raise PipelineError(f"stage {name} is neither a map stage nor a whole stage")
+        return self._write_manifest(stage, ctx, fields, fingerprint, digest, started)
+
+    def _run_in_launch(self, name: str, input_override: str | None, force: bool) -> dict:
+        """Run a whole stage in every process of a multi-process launch; only the main process writes.
+
+        The main process prepares the stage's folder (clearing a finished or stale run) while the others
+        wait, so every process then sees the same folder; the manifest is the main process's alone.
+        """
+        stage = self.stage(name)
+        if not (isinstance(stage, WholeStage) and stage.multi_process):
+            raise PipelineError(f"stage {name} runs in one process: launch it without accelerate launch / "
+                                f"torchrun (WORLD_SIZE is {world_size()})")
+        stage, ctx = self._prepare(name, input_override)
+        fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
+        store = ctx.store
+        if is_main_process():
+            info = store.run_info()
+            mismatch = info is not None and (info.get("fingerprint"), info.get("input_digest")) != (fingerprint, digest)
+            if force or mismatch or store.read_manifest() is not None:
+                store.clear()
+            store.begin(fingerprint, {"input_digest": digest, "input": ctx.source.description})
+            log.info("%s: %s (reading %s; %d processes)", stage.name, stage.title, ctx.source.description,
+                     world_size())
+        wait_for_everyone()
+        started = time.time()
+        fields = stage.run(ctx)
+        if not is_main_process():
+            return fields
         return self._write_manifest(stage, ctx, fields, fingerprint, digest, started)
 
     def merge(self, name: str, input_override: str | None = None) -> dict:

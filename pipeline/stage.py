@@ -73,6 +73,8 @@ class Stage(ABC):
     """Whether the top-level ``model`` section is part of this stage's fingerprint."""
     unfingerprinted: ClassVar[tuple[str, ...]] = ()
     """Dotted config paths (inside the stage's section) that do not change its output."""
+    multi_process: ClassVar[bool] = False
+    """Whether the stage runs under a multi-process launch (every process runs it; only the main one writes)."""
 
     def __init__(self, config: StageConfig, pipeline_config: Any):
         self.config = config

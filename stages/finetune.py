@@ -29,7 +29,6 @@ conversations exactly as in training; the loss curve is ``finetune/loss.png``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -42,7 +41,9 @@ from pipeline.errors import PipelineError
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.stage import WholeStage
-from pipeline.training import memory
+from pipeline.processes import is_main_process, world_size
+from pipeline.training import layouts, memory
+from pipeline.training.adapter_options import AdapterOptions
 from pipeline.training.data import (
     ConversationDataset, ConversationEncoder, Encoded, PaddingCollator, pack, plain_rows,
 )
@@ -50,7 +51,7 @@ from pipeline.training.data import (
 PART_ROWS = 10_000
 
 
-class FinetuneConfig(StageConfig):
+class FinetuneConfig(AdapterOptions):
     """Settings of the finetune stage (defaults: the paper's recipe)."""
 
     base_model: str | None = Field(
@@ -105,6 +106,7 @@ class FinetuneStage(WholeStage):
     upstream = "dedup"
     Config = FinetuneConfig
     uses_model = True
+    multi_process = True  # accelerate launch: every process trains, the main one writes
     input_columns = {"id": "conversation id", "messages": "the conversation: a list of {role, content} turns"}
     output_columns = {
         "id": (pa.string(), "the conversation id"),
@@ -140,6 +142,11 @@ class FinetuneStage(WholeStage):
             self.log.warning("finetune: no local config for %s: memory not estimated", model_dir)
             return None
         cfg = self.config
+        if cfg.adapter != "none" or world_size() > 1:
+            return layouts.fit_report(shape.with_extra_tokens(added_tokens), layouts.launched_layout(cfg.adapter),
+                                      world_size(), check=cfg.fit_check, seq_len=cfg.max_length,
+                                      batch=cfg.per_device_batch_size, bf16=bf16, lora_rank=cfg.lora_r,
+                                      checkpointing=cfg.gradient_checkpointing, cuda=cuda)
         est = memory.estimate(shape.with_extra_tokens(added_tokens), cfg.max_length, cfg.per_device_batch_size,
                               bf16=bf16, fused_attention=cuda, cuda=cuda)
         for line in memory.format_estimate(est, cfg.gradient_checkpointing).splitlines():
@@ -244,14 +251,17 @@ class FinetuneStage(WholeStage):
 
     # -- training --------------------------------------------------------------
     def training_arguments(self, out_dir: Path, bf16: bool, cuda: bool):
-        """transformers ``TrainingArguments`` for the configured recipe."""
+        """transformers ``TrainingArguments`` for the configured recipe (accumulation shared among the processes)."""
         from transformers import TrainingArguments
+
+        from pipeline.training.distributed import accumulation_per_process
 
         cfg = self.config
         return TrainingArguments(
             output_dir=str(out_dir),
             per_device_train_batch_size=cfg.per_device_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            gradient_accumulation_steps=accumulation_per_process(cfg.per_device_batch_size,
+                                                                 cfg.gradient_accumulation_steps, world_size()),
             num_train_epochs=cfg.num_epochs,
             max_steps=cfg.max_steps or -1,
             learning_rate=cfg.learning_rate,
@@ -293,8 +303,9 @@ class FinetuneStage(WholeStage):
         import torch
         from transformers import Trainer
 
+        from pipeline.training.adapters import attach_adapter, quantization_config
+        from pipeline.training.distributed import resume_checkpoint
         from pipeline.training.modeling import load_for_training, resolve_model_dir
-        from pipeline.training.resume import last_complete_checkpoint
 
         cfg = self.config
         store = ctx.store
@@ -305,7 +316,8 @@ class FinetuneStage(WholeStage):
         model_dir = resolve_model_dir(self.model_name(), self.cache_dir())
         encoder = self.load_encoder(model_dir)
         encoded = self.encode_all(ctx, encoder)
-        self.write_rows(store, encoded)
+        if is_main_process():
+            self.write_rows(store, encoded)
         examples = [enc for _, enc in encoded if enc.kept]
         if not encoded:
             raise PipelineError("finetune: the input holds no conversations (the upstream stages kept none, "
@@ -318,18 +330,23 @@ class FinetuneStage(WholeStage):
         fit = self.fit_estimate(model_dir, encoder.added_tokens, bf16, cuda)
 
         tokenizer = encoder.tokenizer
-        model, forced = load_for_training(model_dir, torch.bfloat16 if bf16 else torch.float32, cfg.dropout,
-                                          len(tokenizer))
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        model, forced = load_for_training(model_dir, dtype, cfg.dropout, len(tokenizer),
+                                          quantization_config() if cfg.adapter == "qlora" else None)
         if forced:
             self.log.info("finetune: dropout forced to %s (was %s)", cfg.dropout, forced)
+        if cfg.adapter != "none":
+            model = attach_adapter(model, cfg, train_embeddings=encoder.added_tokens > 0,
+                                   checkpointing=cfg.gradient_checkpointing)
         checkpoints = store.dir / "checkpoints"
+        args = self.training_arguments(checkpoints, bf16, cuda)
         trainer = Trainer(
-            model=model, args=self.training_arguments(checkpoints, bf16, cuda),
+            model=model, args=args,
             train_dataset=ConversationDataset(self.train_rows(examples)),
             data_collator=PaddingCollator(tokenizer.pad_token_id, 8 if cuda else None),
             processing_class=tokenizer,
         )
-        last = last_complete_checkpoint(checkpoints)
+        last = resume_checkpoint(checkpoints)
         last = str(last) if last else None
         if last:
             self.log.info("finetune: resuming from %s", last)
@@ -337,7 +354,9 @@ class FinetuneStage(WholeStage):
         result = trainer.train(resume_from_checkpoint=last)
         runtime = time.time() - started
 
-        out = self.save_model(trainer, encoder, store.dir / "model")
+        out, adapter_dir = self.save_model(trainer, encoder, store.dir, model_dir, dtype)
+        if not is_main_process():
+            return {}
         repo = None
         if cfg.push_to_hub:
             from pipeline.training.publish import push_model
@@ -346,7 +365,10 @@ class FinetuneStage(WholeStage):
         facts = {"base_model": self.model_name(), "resolved_from": model_dir, "chat_format": cfg.chat_format,
                  "resumed_from": last, "bf16": bf16, "device": "cuda" if cuda else "cpu", "dropout_forced": forced,
                  "added_tokens": encoder.added_tokens, "fit_estimate": fit, "hub_repo": repo,
-                 "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset)}
+                 "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset),
+                 "adapter": cfg.adapter, "adapter_dir": str(adapter_dir) if adapter_dir else None,
+                 "processes": world_size(), "gradient_accumulation_per_process": args.gradient_accumulation_steps,
+                 "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()}
         return self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
 
     def report(self, ctx, state, mean_loss: float, runtime: float, model_dir: Path, facts: dict) -> dict:
@@ -381,22 +403,29 @@ class FinetuneStage(WholeStage):
         }
         return fields
 
-    def save_model(self, trainer, encoder: ConversationEncoder, target: Path) -> Path:
-        """Save model, tokenizer and chat template together (atomically replacing any earlier save)."""
-        model = trainer.model
-        model.config.use_cache = True
-        generation = model.generation_config
-        stops = encoder.stop_token_ids
-        generation.eos_token_id = stops if len(stops) > 1 else stops[0]
-        generation.pad_token_id = encoder.tokenizer.pad_token_id
-        tmp = target.with_name(f".{target.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        trainer.save_model(str(tmp))
-        encoder.tokenizer.save_pretrained(str(tmp))
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-        return target
+    def save_model(self, trainer, encoder: ConversationEncoder, folder: Path, base_dir: str, dtype):
+        """Save model, tokenizer and chat template together (atomically replacing any earlier save).
 
+        With an adapter, the adapter goes to ``adapter/`` and the base with the adapter merged in to ``model/``.
+        Returns ``(model folder, adapter folder or None)``.
+        """
+        from pipeline.training.adapters import merge_adapter
+        from pipeline.training.distributed import save_plain, save_with_trainer
+
+        tokenizer, stops = encoder.tokenizer, encoder.stop_token_ids
+
+        def for_generation(model):
+            model.config.use_cache = True
+            model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            return model
+
+        if self.config.adapter == "none":
+            for_generation(trainer.model)
+            return save_with_trainer(trainer, tokenizer, folder / "model"), None
+        adapter_dir = save_with_trainer(trainer, tokenizer, folder / "adapter")
+        if is_main_process():
+            merged = merge_adapter(base_dir, adapter_dir, dtype, self.config.dropout, len(tokenizer))
+            save_plain(for_generation(merged), tokenizer, folder / "model")
+            self.log.info("finetune: adapter saved in %s, merged model in %s", adapter_dir, folder / "model")
+        return folder / "model", adapter_dir

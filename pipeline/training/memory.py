@@ -32,7 +32,10 @@ tensor shapes), else its ``config.json``. It is an estimate: allocator
 fragmentation and kernel workspaces can add some percent.
 
 ``python -m pipeline.training.memory --model starcoder2-15b --seq-len 1280 --batch 1 --bf16``
-prints the estimate for the paper's settings.
+prints the estimate for the paper's settings; ``--table`` the fit of every
+multi-GPU layout (DDP, FSDP, ZeRO-3, offload, LoRA, QLoRA) on 1/2/4/8 GPUs of
+24/40/80 GB (:mod:`pipeline.training.layouts`); ``--layout L --gpus N`` one
+layout's parts.
 """
 
 from __future__ import annotations
@@ -319,12 +322,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-checkpointing", action="store_true", help="mark the total without checkpointing")
     parser.add_argument("--cpu", action="store_true", help="no fused attention kernel, CPU overhead")
     parser.add_argument("--check", action="store_true", help="also compare with this machine's memory")
+    parser.add_argument("--table", action="store_true",
+                        help="print which layout (ddp, fsdp, zero3, offload, lora, qlora) fits on 1/2/4/8 GPUs of "
+                             "24/40/80 GB instead")
+    parser.add_argument("--layout", help="print one layout's estimate (with --gpus)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs for --layout (default 1)")
     args = parser.parse_args(argv)
     shape = lookup(args.model)
     if shape is None:
         print(f"error: unknown model {args.model!r}: give a local model directory or one of "
               f"{', '.join(KNOWN_MODELS)}", file=sys.stderr)
         return 2
+    if args.table or args.layout:
+        from pipeline.training import layouts
+
+        options = dict(seq_len=args.seq_len, batch=args.batch, bf16=args.bf16, checkpointing=not args.no_checkpointing)
+        if args.layout and args.layout not in layouts.LAYOUTS:
+            print(f"error: unknown layout {args.layout!r}; known: {', '.join(layouts.LAYOUTS)}", file=sys.stderr)
+            return 2
+        print(layouts.fit_table(shape, **options) if args.table else
+              layouts.describe(layouts.layout_estimate(shape, args.layout, max(args.gpus, 1), **options)))
+        return 0
     est = estimate(shape, args.seq_len, args.batch, bf16=args.bf16, fused_attention=not args.cpu, cuda=not args.cpu)
     checkpointing = not args.no_checkpointing
     print(format_estimate(est, checkpointing))
