@@ -38,6 +38,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.conversations import ConversationSource, ConversationsConfig
 from pipeline.errors import PipelineError
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
@@ -53,6 +54,10 @@ PART_ROWS = 10_000
 class FinetuneConfig(StageConfig):
     """Settings of the finetune stage (defaults: the paper's recipe)."""
 
+    conversations: ConversationsConfig = Field(
+        default_factory=ConversationsConfig,
+        description="Where the conversations come from (default: the upstream output) and how OpenAssistant or "
+                    "instruction tables become conversations.")
     base_model: str | None = Field(
         default=None, description="Model to fine-tune (directory, Hub id, .gguf, 'gemma3-270m-gguf'); default: model.model.")
     chat_format: Literal["instruction", "chatml"] = Field(
@@ -63,7 +68,8 @@ class FinetuneConfig(StageConfig):
         default=None, description="Preamble for conversations without a system turn; default: the format's own.")
     use_default_system: bool = Field(
         default=True, description="Render the format's preamble when a conversation has no system turn.")
-    optimizer: Literal["adafactor"] = Field(default="adafactor", description="Optimizer (Adafactor, as in the paper).")
+    optimizer: Literal["adafactor", "adamw_torch"] = Field(
+        default="adafactor", description="Optimizer: Adafactor, as in the paper; AdamW for recipes that used it (StarChat).")
     learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
     num_epochs: float = Field(default=4.0, gt=0, description="Passes over the data.")
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")
@@ -114,6 +120,14 @@ class FinetuneStage(WholeStage):
         """Keep the ``hub`` section too: the model can be pushed to the Hub."""
         super().__init__(config, pipeline_config)
         self.hub_config = getattr(pipeline_config, "hub", None)
+
+    def configured_input(self) -> str | None:
+        """``conversations.dataset``, when the recipe trains on a dataset instead of the pipeline's own output."""
+        return self.config.conversations.dataset
+
+    def input_source(self, ctx, override: str | None):
+        """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout."""
+        return ConversationSource(super().input_source(ctx, override), self.config.conversations)
 
     # -- the model and its memory ------------------------------------------------
     def model_name(self) -> str:
@@ -249,6 +263,8 @@ class FinetuneStage(WholeStage):
         encoder = self.load_encoder(model_dir)
         encoded = self.encode_all(ctx, encoder)
         self.write_rows(store, encoded)
+        if self.run_config.keep_dropped:
+            ctx.source.save_dropped(store.dir / "source_dropped")
         examples = [enc for _, enc in encoded if enc.kept]
         if not encoded:
             raise PipelineError("finetune: the input holds no conversations (the upstream stages kept none, "
@@ -290,7 +306,9 @@ class FinetuneStage(WholeStage):
                  "resumed_from": last, "bf16": bf16, "device": "cuda" if cuda else "cpu", "dropout_forced": forced,
                  "added_tokens": encoder.added_tokens, "fit_estimate": fit, "hub_repo": repo,
                  "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset)}
-        return self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
+        fields = self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
+        fields["conversations"] = ctx.source.report()
+        return fields
 
     def report(self, ctx, state, mean_loss: float, runtime: float, model_dir: Path, facts: dict) -> dict:
         """Write the loss log and curve; return the manifest fields: counts, training metrics, where the model is."""
