@@ -6,6 +6,13 @@ conversations (1 per step, 64 accumulated), 5% warm-up then a linear decay,
 sequences of at most 1280 tokens, bfloat16 where the device has it (float32
 on CPU) and every dropout of the model forced to 0.
 
+The conversations come from the upstream stage, ``--input``, or the dataset
+``conversations.dataset`` names (a file, folder or Hub id); OpenAssistant
+message tables and Dolly-style instruction tables are first turned into
+conversations (:mod:`pipeline.conversations`), and what that kept and dropped,
+by reason, is the manifest's ``conversations`` section (the dropped rows are
+kept in ``finetune/source_dropped/``).
+
 Each conversation (the ``messages`` column: any number of system, user and
 assistant turns) is rendered with a chat format (the plain
 instruction/response layout by default, a ChatML-style one with special
@@ -28,6 +35,7 @@ conversations exactly as in training; the loss curve is ``finetune/loss.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -152,6 +160,8 @@ class FinetuneStage(WholeStage):
         cfg = self.config
         est = memory.estimate(shape.with_extra_tokens(added_tokens), cfg.max_length, cfg.per_device_batch_size,
                               bf16=bf16, fused_attention=cuda, cuda=cuda)
+        if cfg.optimizer == "adamw_torch":  # two full fp32 moments per parameter instead of Adafactor's factored state
+            est = dataclasses.replace(est, optimizer_state=8 * est.n_params)
         for line in memory.format_estimate(est, cfg.gradient_checkpointing).splitlines():
             self.log.info(line)
         available, where = memory.available_memory()
