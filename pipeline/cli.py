@@ -79,6 +79,15 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
         help="write exactly what publishing the selected (done) stages would upload into DIR",
     )
     parser.add_argument("--publish", action="store_true", help="push the selected done stages to the Hub (hub.*)")
+    chat = parser.add_argument_group("chat")
+    chat.add_argument("--chat", action="store_true",
+                      help="talk to the model the recipe trained in the terminal: streamed answers in the model's "
+                      "chat format, /reset starts over, /exit leaves")
+    chat.add_argument("--model", metavar="PATH",
+                      help="chat with this model instead (directory, .gguf, or the served name for the openai "
+                      "backend); implies --chat")
+    chat.add_argument("--temperature", type=float, metavar="T", help="chat sampling temperature (default 0.2; 0 is greedy)")
+    chat.add_argument("--max-tokens", type=int, metavar="N", help="chat: most new tokens per answer (default 512)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="console log level")
     return parser
 
@@ -100,8 +109,9 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     args = parser.parse_args(argv)
     if (args.shard or args.merge) and (not args.stage or args.stage == "all"):
         parser.error("--shard and --merge need --stage NAME (one stage)")
-    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report
-            or args.preflight):
+    args.chat = args.chat or args.model is not None
+    if not (args.chat or args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish
+            or args.report or args.preflight):
         parser.print_help()
         return 0
     from pipeline.runner import Runner
@@ -115,6 +125,11 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
         if args.status:
             print(run_summary(runner.states()))
             return 0
+        if args.chat:
+            from pipeline.chat.command import chat_command
+
+            setup_logging(None, "WARNING" if args.log_level == "INFO" else args.log_level)
+            return chat_command(config, runner, args.model, args.temperature, args.max_tokens)
         names = runner.select(args.stage, args.start, args.end)
         if args.stage or args.start or args.end or args.report:
             ensure_work_dir(config.run.work_dir)  # a one-line error before anything is written

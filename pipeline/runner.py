@@ -200,6 +200,8 @@ class Runner:
         """The stage, its context and input, checked: the upstream done (unless --input), columns present."""
         stage = self.stage(name)
         entry = self.entry(name)
+        if input_override is None:
+            input_override = stage.configured_input()
         if input_override is None and entry.upstream is not None:
             upstream = self.state(entry.upstream)
             if upstream.state != DONE:

@@ -104,6 +104,10 @@ class Stage(ABC):
         """
         return None
 
+    def configured_input(self) -> str | None:
+        """An input the stage's own config names in place of its upstream (read as ``--input`` is); None: none."""
+        return None
+
     def input_source(self, ctx: "StageContext", override: str | None) -> "InputSource":
         """Where the stage's input rows come from: ``--input`` if given, else the upstream store."""
         from pipeline.inputs import StoreSource, open_input

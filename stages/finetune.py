@@ -6,6 +6,13 @@ conversations (1 per step, 64 accumulated), 5% warm-up then a linear decay,
 sequences of at most 1280 tokens, bfloat16 where the device has it (float32
 on CPU) and every dropout of the model forced to 0.
 
+The conversations come from the upstream stage, ``--input``, or the dataset
+``conversations.dataset`` names (a file, folder or Hub id); OpenAssistant
+message tables and Dolly-style instruction tables are first turned into
+conversations (:mod:`pipeline.conversations`), and what that kept and dropped,
+by reason, is the manifest's ``conversations`` section (the dropped rows are
+kept in ``finetune/source_dropped/``).
+
 Each conversation (the ``messages`` column: any number of system, user and
 assistant turns) is rendered with a chat format (the plain
 instruction/response layout by default, a ChatML-style one with special
@@ -28,6 +35,7 @@ conversations exactly as in training; the loss curve is ``finetune/loss.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -37,6 +45,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.conversations import ConversationSource, ConversationsConfig
 from pipeline.errors import PipelineError
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
@@ -54,6 +63,10 @@ PART_ROWS = 10_000
 class FinetuneConfig(AdapterOptions):
     """Settings of the finetune stage (defaults: the paper's recipe)."""
 
+    conversations: ConversationsConfig = Field(
+        default_factory=ConversationsConfig,
+        description="Where the conversations come from (default: the upstream output) and how OpenAssistant or "
+                    "instruction tables become conversations.")
     base_model: str | None = Field(
         default=None, description="Model to fine-tune (directory, Hub id, .gguf, or a model alias such as 'gemma3-270m-gguf'); default: model.model.")
     chat_format: Literal["instruction", "chatml"] = Field(
@@ -64,7 +77,8 @@ class FinetuneConfig(AdapterOptions):
         default=None, description="Preamble for conversations without a system turn; default: the format's own.")
     use_default_system: bool = Field(
         default=True, description="Render the format's preamble when a conversation has no system turn.")
-    optimizer: Literal["adafactor"] = Field(default="adafactor", description="Optimizer (Adafactor, as in the paper).")
+    optimizer: Literal["adafactor", "adamw_torch"] = Field(
+        default="adafactor", description="Optimizer: Adafactor, as in the paper; AdamW for recipes that used it (StarChat).")
     learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
     num_epochs: float = Field(default=4.0, gt=0, description="Passes over the data.")
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")
@@ -121,6 +135,14 @@ class FinetuneStage(WholeStage):
         super().__init__(config, pipeline_config)
         self.hub_config = getattr(pipeline_config, "hub", None)
 
+    def configured_input(self) -> str | None:
+        """``conversations.dataset``, when the recipe trains on a dataset instead of the pipeline's own output."""
+        return self.config.conversations.dataset
+
+    def input_source(self, ctx, override: str | None):
+        """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout."""
+        return ConversationSource(super().input_source(ctx, override), self.config.conversations)
+
     # -- the model and its memory ------------------------------------------------
     def model_name(self) -> str:
         """The model to fine-tune: ``base_model`` if set, else the top-level ``model.model``."""
@@ -149,6 +171,8 @@ class FinetuneStage(WholeStage):
                                       checkpointing=cfg.gradient_checkpointing, cuda=cuda)
         est = memory.estimate(shape.with_extra_tokens(added_tokens), cfg.max_length, cfg.per_device_batch_size,
                               bf16=bf16, fused_attention=cuda, cuda=cuda)
+        if cfg.optimizer == "adamw_torch":  # two full fp32 moments per parameter instead of Adafactor's factored state
+            est = dataclasses.replace(est, optimizer_state=8 * est.n_params)
         for line in memory.format_estimate(est, cfg.gradient_checkpointing).splitlines():
             self.log.info(line)
         available, where = memory.available_memory()
@@ -318,6 +342,8 @@ class FinetuneStage(WholeStage):
         encoded = self.encode_all(ctx, encoder)
         if is_main_process():
             self.write_rows(store, encoded)
+            if self.run_config.keep_dropped:
+                ctx.source.save_dropped(store.dir / "source_dropped")
         examples = [enc for _, enc in encoded if enc.kept]
         if not encoded:
             raise PipelineError("finetune: the input holds no conversations (the upstream stages kept none, "
@@ -369,7 +395,9 @@ class FinetuneStage(WholeStage):
                  "adapter": cfg.adapter, "adapter_dir": str(adapter_dir) if adapter_dir else None,
                  "processes": world_size(), "gradient_accumulation_per_process": args.gradient_accumulation_steps,
                  "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()}
-        return self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
+        fields = self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
+        fields["conversations"] = ctx.source.report()
+        return fields
 
     def report(self, ctx, state, mean_loss: float, runtime: float, model_dir: Path, facts: dict) -> dict:
         """Write the loss log and curve; return the manifest fields: counts, training metrics, where the model is."""

@@ -15,7 +15,7 @@
 * :class:`FakeOpenAIServer` / fixture ``openai_server``: a local
   OpenAI-compatible HTTP server (stdlib ``http.server`` in a thread on
   127.0.0.1, ephemeral port) serving ``/v1/completions``,
-  ``/v1/chat/completions`` and ``/v1/models`` from any backend, with
+  ``/v1/chat/completions`` (streamed too, ``stream: true``) and ``/v1/models`` from any backend, with
   switchable failure modes (``fail_first``, ``hang_s``, ``api_key``) and one
   known model name (others get an OpenAI-style 404).
 
@@ -313,6 +313,18 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
+            def _send_events(self, chunks: list[dict]) -> None:
+                """A server-sent event stream: one ``data:`` line per chunk, then ``data: [DONE]``."""
+                data = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
             def _authorized(self) -> bool:
                 if server.api_key is None:
                     return True
@@ -363,6 +375,8 @@ class FakeOpenAIServer:
                 if server.max_n is not None and n > server.max_n:
                     return self._send(400, _error(f"n must be at most {server.max_n}.", "invalid_n", param="n"))
                 try:
+                    if body.get("stream"):
+                        return self._send_events(server._stream(path, body))
                     if path == "/v1/completions":
                         return self._send(200, server._complete(body))
                     return self._send(200, server._chat(body))
@@ -407,6 +421,26 @@ class FakeOpenAIServer:
             "choices": choices,
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
+
+    def _stream(self, path: str, body: dict) -> list[dict]:
+        """The chunks of a streamed answer (``stream: true``), from the backend's own streaming."""
+        params = self._params(body)
+        chat = path == "/v1/chat/completions"
+        with self._gen_lock:
+            if chat:
+                pieces = list(self.backend.stream_chat(body["messages"], params))
+            else:
+                pieces = list(self.backend.stream(body["prompt"], params))
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        stamp = {"id": f"stream-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+                 "model": self.model_name}
+
+        def choice(text: str, finish: str | None) -> dict:
+            if chat:
+                return {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
+            return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+        return [{**stamp, "choices": [choice(p, None)]} for p in pieces] + [{**stamp, "choices": [choice("", "stop")]}]
 
     def _chat(self, body: dict) -> dict:
         params = self._params(body)

@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
 from pipeline.llm.config import LLMConfig
+from pipeline.llm.streaming import stream_with_stops
 
 _PROGRESS_MIN_REQUESTS = 16
 
@@ -65,6 +66,16 @@ class OpenAIBackend(Backend):
     def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
         """Answer each conversation via ``/v1/chat/completions``; ``params.n`` answers each."""
         return self._map(conversations, lambda c, n, seed: self._chat_one(c, params, n, seed), params)
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Stream one completion of a text prompt from ``/v1/completions`` (``stream: true``)."""
+        return self._stream(lambda kwargs: self._client.completions.create(prompt=prompt, **kwargs),
+                            lambda choice: choice.text, params)
+
+    def stream_chat(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
+        """Stream the next answer from ``/v1/chat/completions``; the server's template ends the turn."""
+        return self._stream(lambda kwargs: self._client.chat.completions.create(messages=conversation, **kwargs),
+                            lambda choice: choice.delta.content, params)
 
     def close(self) -> None:
         """Close the HTTP client's connections."""
@@ -137,6 +148,21 @@ class OpenAIBackend(Backend):
             got.extend(more)
             k += 1
         return got[: params.n]
+
+    def _stream(self, request: Callable[[dict], Any], text_of: Callable[[Any], str | None],
+                params: SamplingParams) -> Iterator[str]:
+        """Send one streaming request and yield its text pieces, cut at the first stop string."""
+        import openai
+
+        if self._client is None:
+            raise BackendError("backend is closed")
+        try:
+            chunks = request({**self._sampling_kwargs(params, 1, params.seed), "stream": True})
+            with chunks:
+                pieces = (text_of(chunk.choices[0]) or "" for chunk in chunks if chunk.choices)
+                yield from stream_with_stops(pieces, params.stop)
+        except openai.OpenAIError as e:
+            raise self._error(e) from None
 
     def _sampling_kwargs(self, params: SamplingParams, n: int, seed: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
