@@ -131,14 +131,14 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             setup_logging(None, "WARNING" if args.log_level == "INFO" else args.log_level)
             return chat_command(config, runner, args.model, args.temperature, args.max_tokens)
         names = runner.select(args.stage, args.start, args.end)
-        if args.stage or args.start or args.end or args.report:
-            ensure_work_dir(config.run.work_dir)  # a one-line error before anything is written
         multi_stage = args.stage == "all" or ((args.start or args.end) and not args.stage)
         if args.preflight or (multi_stage and config.run.preflight and not args.no_preflight
                               and not (args.shard or args.merge)):
             passed = _preflight(runner, names)
             if args.preflight or not passed:
                 return 0 if passed else 1
+        if args.stage or args.start or args.end or args.report:
+            ensure_work_dir(config.run.work_dir)  # a one-line error before anything is written
         log_path = setup_logging(config.run.work_dir, args.log_level)
         log = logging.getLogger("pipeline")
         log.info("config %s, work dir %s, log %s", args.config, config.run.work_dir, log_path)

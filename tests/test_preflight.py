@@ -19,6 +19,7 @@ import yaml
 from tests.conftest import REPO, run_cli, write_recipe
 
 PAPER = str(REPO / "configs" / "selfcodealign-sc2-15b.yaml")
+GEMMA = str(REPO / "configs/demo-gemma-base.yaml")
 DEMO = str(REPO / "configs" / "demo.yaml")
 
 
@@ -71,7 +72,7 @@ def test_budget_counts_prompts_from_the_seed_cap(tmp_path):
                      "-o", "stages.seeds.max_seeds=1000")
     assert result.returncode == 0, result.stdout + result.stderr
     budgets = {}
-    for stage in ("concepts", "instructions", "responses"):
+    for stage in ("seeds (docstring judge)", "concepts", "instructions", "responses"):
         (row,) = [r for r in table_rows(result.stdout, stage) if "generation budget" in r]
         match = re.search(r"([\d,]+) prompts x (\d+) x \(([\d,]+) \+ ([\d,]+)\) = ([\d,]+) tokens", row)
         prompts, n, mean, max_tokens, total = (int(g.replace(",", "")) for g in match.groups())
@@ -83,7 +84,18 @@ def test_budget_counts_prompts_from_the_seed_cap(tmp_path):
 
 
 def test_demo_counts_with_its_models_tokenizer(tmp_path):
-    """One upstream seed in the work dir and no bank examples: the only prompt is that seed's, counted exactly."""
+    """The demo recipe's prompts are counted by its model's own tokenizer, never estimated."""
+    result = run_cli("-c", DEMO, "--preflight", "--to", "responses", "-o", f"run.work_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "estimated" not in result.stdout
+    for stage in ("concepts", "instructions", "responses"):
+        (size,) = [r for r in table_rows(result.stdout, stage) if "prompt + max_tokens" in r]
+        assert "(tokenizer)" in size
+
+
+def test_completion_prompt_counted_exactly(tmp_path):
+    """One upstream seed in the work dir and no bank examples: the only prompt is that seed's, counted exactly
+    by the tokenizer of the base-model recipe (Gemma 3 270M, completion prompts)."""
     import pyarrow as pa
     from transformers import AutoTokenizer
 
@@ -94,7 +106,7 @@ def test_demo_counts_with_its_models_tokenizer(tmp_path):
     code = 'def add(a: int, b: int) -> int:\n    """Add two numbers."""\n    return a + b\n'
     schema = pa.schema([SeedsStage.output_schema().field(name) for name in ("id", "code")])
     StageStore(tmp_path, "seeds").write_batch("one", [{"id": "s1", "code": code}], schema, [], ["f1"])
-    result = run_cli("-c", DEMO, "--preflight", "--stage", "concepts", "-o", f"run.work_dir={tmp_path}",
+    result = run_cli("-c", GEMMA, "--preflight", "--stage", "concepts", "-o", f"run.work_dir={tmp_path}",
                      "-o", "stages.concepts.fewshot_k=0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "estimated" not in result.stdout
