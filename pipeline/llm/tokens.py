@@ -166,4 +166,4 @@ def context_length(config: LLMConfig) -> tuple[int | None, str]:
         found = data.get("max_position_embeddings") or data.get("text_config", {}).get("max_position_embeddings")
         if found:
             return int(found), "max_position_embeddings of the model's config.json"
-    return None, f"unknown for {config.model}: set model.max_model_len"
+    return None, "unknown: set model.max_model_len"
