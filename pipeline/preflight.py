@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline.errors import PipelineError
-from pipeline.stage import PlannedStage
 from pipeline.store import StageStore
 
 OK, WARN, INFO, FAIL = "ok", "warn", "info", "FAIL"
@@ -80,7 +79,7 @@ class PreflightContext:
     pipeline_config: Any
     rows: dict[str, tuple[RowEstimate, RowEstimate]] = field(default_factory=dict)
     """Per stage: (estimate of its input rows, estimate of its output rows)."""
-    _cache: dict = field(default_factory=dict)
+    _cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def work_dir(self) -> Path:
@@ -113,7 +112,7 @@ class PreflightContext:
         self._cache[marker] = True
         return True
 
-    def sample_rows(self, name: str, columns: Sequence[str], size: int, scan: int = 20_000) -> list[dict]:
+    def sample_rows(self, name: str, columns: Sequence[str], size: int, scan: int = 20_000) -> list[dict[str, Any]]:
         """Up to ``size`` rows of stage ``name``'s output in the work dir, the longest first.
 
         Reads at most ``scan`` rows and keeps those whose ``columns`` hold the
@@ -123,7 +122,7 @@ class PreflightContext:
         store = self.store(name)
         if not store.part_paths():
             return []
-        rows = []
+        rows: list[dict[str, Any]] = []
         for row in store.iter_rows(columns=[*columns]):
             rows.append(row)
             if len(rows) >= scan:
@@ -171,7 +170,7 @@ def estimate_rows(runner: Any) -> dict[str, tuple[RowEstimate, RowEstimate]]:
     """Input and output row estimates of every built stage, in pipeline order (see the module docstring)."""
     estimates: dict[str, tuple[RowEstimate, RowEstimate]] = {}
     for entry in runner.registry:
-        if isinstance(entry, PlannedStage):
+        if not _built(entry):
             continue
         upstream = entry.upstream
         if upstream is None:
@@ -183,6 +182,11 @@ def estimate_rows(runner: Any) -> dict[str, tuple[RowEstimate, RowEstimate]]:
         rows_out = _done_rows(runner, entry.name) or runner.stage(entry.name).preflight_rows(rows_in)
         estimates[entry.name] = (rows_in, rows_out)
     return estimates
+
+
+def _built(entry: Any) -> bool:
+    """Whether a registry entry is a built stage (a Stage class) rather than a planned one (an instance)."""
+    return isinstance(entry, type)
 
 
 def _done_rows(runner: Any, name: str) -> RowEstimate | None:
@@ -249,7 +253,7 @@ def run_preflight(runner: Any, names: Sequence[str]) -> PreflightReport:
     if hub is not None:
         checks.append(hub)
     for name in names:
-        if isinstance(runner.entry(name), PlannedStage):
+        if not _built(runner.entry(name)):
             continue
         try:
             checks += runner.stage(name).preflight_checks(ctx)

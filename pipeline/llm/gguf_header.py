@@ -20,7 +20,7 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 
 
-class ArrayInfo(tuple):
+class ArrayInfo(tuple[int, int]):
     """An array value as the header reader keeps it: ``(element type, length)``, elements skipped."""
 
     @property
