@@ -170,3 +170,29 @@ def test_the_preflight_can_be_switched_off(tmp_path, switch):
     result = run_cli("-c", str(_failing_recipe(tmp_path)), "--stage", "all", *switch)
     assert "preflight:" not in result.stdout and "preflight failed" not in result.stderr
     assert result.returncode == 2 and "stages.seeds.source.paths" in result.stderr, "the run itself started"
+
+
+def test_docstring_judge_prompts_are_checked_when_the_judge_is_on(tmp_path):
+    filters = "[returns_value, no_todo, not_benchmark, docstring_judge]"
+    result = run_cli("-c", PAPER, "--preflight", "--stage", "seeds", "-o", f"run.work_dir={tmp_path}",
+                     "-o", f"stages.seeds.filters={filters}", "-o", "stages.seeds.max_seeds=100")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (size,) = [r for r in table_rows(result.stdout, "seeds (docstring judge)") if "prompt + max_tokens" in r]
+    assert "bank functions as queries" in size and "+ 4 = " in size and "(estimated)" in size
+    assert re.search(r"100 prompts x 3 x \(", result.stdout), "100 seeds, 3 answers each"
+
+
+def test_finetune_that_does_not_fit_the_device_fails(tmp_path):
+    result = run_cli("-c", PAPER, "--preflight", "--stage", "finetune", "-o", f"run.work_dir={tmp_path}",
+                     "-o", "stages.finetune.device_memory_gib=40")
+    assert result.returncode == 1
+    assert re.search(r"^finetune: full fine-tuning needs about [\d.]+ GiB > stages\.finetune\.device_memory_gib "
+                     r"40\.0 GiB", result.stderr, re.MULTILINE), result.stderr
+
+
+def test_unknown_context_is_said_not_guessed(tmp_path):
+    result = run_cli("-c", PAPER, "--preflight", "--stage", "concepts", "-o", f"run.work_dir={tmp_path}",
+                     "-o", "model.max_model_len=null")
+    assert result.returncode == 0, "a context that cannot be read is a warning"
+    assert ("warning: concepts: cannot check the prompt size: the context of bigcode/starcoder2-15b is unknown: "
+            "set model.max_model_len") in result.stderr
