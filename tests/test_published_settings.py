@@ -145,3 +145,102 @@ def test_paper_seeds_near_dedup_and_judge_reading_the_whole_function():
     signature_only = ScriptedBackend({"def lies": ["yes"] * 3})
     judge_docstrings(signature_only, rows[:1], JudgeSettings(show="signature", fewshot_k=2), seed=3)
     assert "reverse=True" not in signature_only.prompts[0].rsplit("## Example", 1)[-1]
+
+
+# -- d. seeds type-checked as self-contained units -----------------------------------------------
+UNIT_FILE = '''from typing import Optional
+import json
+
+SCALE = 3
+
+
+def _helper(x: int) -> int:
+    """Triple x."""
+    return x * SCALE
+
+
+def leans_on_file(x: int) -> int:
+    """Use a helper of this file."""
+    return _helper(x) + 1
+
+
+def stands_alone(text: str, default: Optional[str] = None) -> str:
+    """Round-trip text through JSON, or give default for empty text."""
+    if not text:
+        return default or ""
+    return json.loads(json.dumps(text))
+
+
+def wrong_alone(x: int) -> str:
+    """Return x as text (but forgets to convert)."""
+    return x
+'''
+
+
+def test_a_seed_is_typechecked_alone_with_its_imports_and_file_helpers_drop_under_their_own_reason():
+    from pipeline.pysource import extract_functions
+    from stages.seeds import SeedsConfig, SeedsStage
+
+    by_name = {f.name: f for f in extract_functions(UNIT_FILE)}
+    assert by_name["leans_on_file"].file_names == {"_helper"} and by_name["_helper"].file_names == {"SCALE"}
+    assert by_name["stands_alone"].file_names == frozenset()
+    unit = by_name["stands_alone"].standalone_source
+    assert unit.startswith("from typing import Optional\nimport json\n") and "SCALE" not in unit
+    recipe = paper_recipe()
+    assert recipe.stages.seeds.typecheck_unit == "function" and SeedsConfig().typecheck_unit == "function"
+    assert recipe.stages.seeds.filters.index("self_contained") < recipe.stages.seeds.filters.index("typechecks")
+    chain = ["self_contained", "typechecks"]
+    result = SeedsStage(SeedsConfig(filters=chain), recipe).process_batch([_seed_file(UNIT_FILE)])
+    reasons = {r["name"]: r["drop_reason"] for r in result.dropped}
+    assert reasons == {"_helper": "self_contained", "leans_on_file": "self_contained", "wrong_alone": "typechecks"}
+    assert [r["name"] for r in result.rows] == ["stands_alone"]
+    # Checked alone, a seed leaning on its file fails the type check itself (the name is undefined) ...
+    alone = SeedsStage(SeedsConfig(filters=["typechecks"]), recipe).process_batch([_seed_file(UNIT_FILE)])
+    assert {r["name"] for r in alone.rows} == {"stands_alone"}
+    # ... while inside its whole file (today's check, kept as an option) it passes.
+    in_file = SeedsStage(SeedsConfig(filters=["typechecks"], typecheck_unit="file"), recipe)
+    assert {r["name"] for r in in_file.process_batch([_seed_file(UNIT_FILE)]).rows} == {
+        "_helper", "leans_on_file", "stands_alone"}
+
+
+# -- g. the final dedup as published ------------------------------------------------------------------
+def _prose(seed: int) -> str:
+    import random
+
+    words = ["alpha", "bravo", "carbon", "delta", "ember", "fjord", "gamma", "harbor", "iris", "jade", "karma",
+             "lumen", "mango", "nectar", "opal", "prism", "quartz", "raven", "sierra", "tundra", "umber", "vivid"]
+    rng = random.Random(seed)
+    return " ".join(rng.choice(words) + str(rng.randrange(1000)) for _ in range(60)) + "."
+
+
+def test_final_dedup_sanitizes_and_runs_three_passes_as_published(tmp_path):
+    from stages.dedup import DedupConfig
+    from tests.test_dedup_stage import run_dedup, sample
+
+    recipe = paper_recipe().stages.dedup
+    assert recipe.near_dedup.num_perm == 250 == DedupConfig().near_dedup.num_perm
+    assert recipe.near_dedup_passes == ["instruction", "response", "code"] == DedupConfig().near_dedup_passes
+    assert recipe.sanitize.max_instruction_words == 200 and recipe.sanitize.unique_names
+    assert set(recipe.sanitize.banned_phrases) == {"todo", "fixme", "your code here", "notimplemented"}
+    code = "```python\ndef twice(values):\n    return [v * 2 for v in values]\n```"
+    rows = [
+        sample("long", "i1", name="long_fn", k=3, instruction=" ".join(["word"] * 201)),
+        sample("phrase", "i2", name="phrase_fn", k=4,
+               response="Negative numbers are a TODO for later.\n\n```python\ndef phrase_fn(v):\n    return v\n```"),
+        sample("code1", "i3", instruction="Double every number of a list of integers and return the new list.",
+               response=_prose(1) + "\n\n" + code, tests="assert twice([1]) == [2]"),
+        sample("code2", "i4", instruction="Given numbers, produce a list holding each one multiplied by two.",
+               response=_prose(2) + "\n\n" + code, tests="assert twice([2]) == [4]"),
+        sample("names1", "i5", instruction="Count the vowels of a word, ignoring case, as an integer result.",
+               response="```python\ndef solve(word):\n    return sum(ch in 'aeiou' for ch in word.lower())\n```",
+               tests="assert solve('Ab') == 1"),
+        sample("names2", "i6", instruction="Return the largest gap between two neighbours of a sorted list.",
+               response="```python\ndef solve(xs):\n    return max(b - a for a, b in zip(xs, xs[1:]))\n```",
+               tests="assert solve([1, 4]) == 3"),
+    ]
+    _, kept, dropped = run_dedup(tmp_path, rows)
+    reason = {d["id"]: d["drop_reason"] for d in dropped}
+    assert reason["long"] == "long_instruction" and reason["phrase"] == "banned_phrase"
+    assert [reason.get("code1"), reason.get("code2")].count("near_duplicate_code") == 1
+    assert [reason.get("names1"), reason.get("names2")].count("duplicate_names") == 1
+    assert len(kept) == 2
