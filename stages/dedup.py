@@ -71,8 +71,15 @@ class DedupConfig(StageConfig):
         "response, the response's code); [] switches near-dedup off.",
     )
     sanitize: SanitizeSettings = Field(default_factory=SanitizeSettings)
+    benchmarks: list[Literal["mbpp", "ds1000"]] = Field(
+        default_factory=list,
+        description="Benchmarks loaded from the Hub to decontaminate against, besides HumanEval (the paper "
+        "recipe: mbpp, ds1000); offline, give local copies in benchmark_files instead.",
+    )
     benchmark_files: list[BenchmarkFile] = Field(
-        default_factory=list, description="Benchmarks to decontaminate against besides HumanEval (e.g. MBPP JSONL)."
+        default_factory=list,
+        description="Local benchmark files (JSONL by fields, or MBPP / DS-1000 / HumanEval in their own format) to "
+        "decontaminate against, besides HumanEval.",
     )
     answer_includes_tests: bool = Field(
         default=True, description="The assistant turn ends with the tests section, as the response was sampled."
@@ -174,7 +181,7 @@ class DedupStage(WholeStage):
                 if problem:
                     reason[row["id"]] = problem
         bar.update(2)
-        index = benchmark_index(self.config.benchmark_files)
+        index = benchmark_index(self.config.benchmark_files, self.config.benchmarks)
         for row in alive():
             code = "\n".join(python_blocks(row["response"]))
             if index.contains_benchmark(row["instruction"]) or index.contains_benchmark(code):

@@ -19,8 +19,9 @@ first filter a function fails is its drop reason:
   standard level). As published, each function is checked as a unit of its own:
   its file's import statements, then the function (``typecheck_unit: function``);
   ``typecheck_unit: file`` checks it inside its whole file instead;
-* ``not_benchmark``: not taken from HumanEval prompts or solutions (or other
-  benchmark files listed in ``benchmark_files``);
+* ``not_benchmark``: not taken from HumanEval prompts or solutions, nor from the
+  ``benchmarks`` loaded from the Hub (MBPP in the paper recipe) or listed in
+  ``benchmark_files`` (local copies, in a benchmark's own format or by fields);
 * ``near_dedup``: one function kept per cluster of near-duplicates (MinHash over
   word 5-gram shingles of the source, Jaccard 0.5, datasketch LSH); it compares
   seeds across all batches, so it runs once every batch is committed and must
@@ -114,9 +115,15 @@ class SeedsConfig(StageConfig):
     )
     max_lines: int = Field(default=150, gt=0, description="Longest seed function, in lines.")
     min_args: int = Field(default=1, ge=0, description="Fewest arguments a seed function takes.")
+    benchmarks: list[Literal["mbpp", "ds1000"]] = Field(
+        default_factory=list,
+        description="Benchmarks loaded from the Hub to decontaminate against, besides HumanEval (the paper "
+        "recipe: mbpp); offline, give a local copy in benchmark_files instead.",
+    )
     benchmark_files: list[BenchmarkFile] = Field(
         default_factory=list,
-        description="Extra benchmark JSONL files (e.g. MBPP) to decontaminate against, besides HumanEval.",
+        description="Local benchmark files (JSONL by fields, or MBPP / DS-1000 / HumanEval in their own format) to "
+        "decontaminate against, besides HumanEval.",
     )
     max_seeds: int | None = Field(
         default=None, gt=0,
@@ -217,7 +224,7 @@ class SeedsStage(MapStage):
 
     def setup(self) -> None:
         if "not_benchmark" in self.config.filters and self._benchmarks is None:
-            self._benchmarks = benchmark_index(self.config.benchmark_files)
+            self._benchmarks = benchmark_index(self.config.benchmark_files, self.config.benchmarks)
 
     # -- the stage -----------------------------------------------------------
     def process_batch(self, rows: list[dict]) -> BatchResult:

@@ -244,3 +244,91 @@ def test_final_dedup_sanitizes_and_runs_three_passes_as_published(tmp_path):
     assert [reason.get("code1"), reason.get("code2")].count("near_duplicate_code") == 1
     assert [reason.get("names1"), reason.get("names2")].count("duplicate_names") == 1
     assert len(kept) == 2
+
+
+# -- f. decontamination against MBPP and DS-1000 -------------------------------------------------------
+# Fixture problems in the two benchmarks' Hub layouts, written for these tests (not the benchmarks' content).
+MBPP_ROW = {
+    "task_id": 9001, "text": "Write a function to interleave two lists of equal length into one list.",
+    "code": "def interleave_lists(a, b):\n    merged = []\n    for x, y in zip(a, b):\n        merged.extend([x, y])\n"
+            "    return merged",
+    "test_list": ["assert interleave_lists([1], [2]) == [1, 2]"], "test_setup_code": "", "challenge_test_list": [],
+}
+DS1000_ROW = {
+    "prompt": "Problem:\nI have a numpy array of shape (n, 3) and want the rows whose last column is above a "
+              "threshold, in their original order.\nA:\n<code>\nimport numpy as np\n</code>\nresult = ... # put solution here",
+    "reference_code": "result = arr[arr[:, -1] > threshold_value_for_rows]",
+    "metadata": {"problem_id": 77, "library": "Numpy"},
+    "code_context": "def test_execution(solution: str): pass",
+}
+
+
+def _write_fixtures(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mbpp = tmp_path / "mbpp.jsonl"
+    mbpp.write_text(json.dumps(MBPP_ROW) + "\n")
+    ds1000 = tmp_path / "ds1000.parquet"
+    pq.write_table(pa.Table.from_pylist([DS1000_ROW]), ds1000)
+    return mbpp, ds1000
+
+
+def test_benchmark_loaders_read_local_files_in_the_hub_layouts(tmp_path):
+    from pipeline.benchmark_data import load_benchmark
+    from pipeline.contamination import BenchmarkFile, BenchmarkIndex, benchmark_index
+
+    mbpp, ds1000 = _write_fixtures(tmp_path)
+    [m] = load_benchmark("mbpp", mbpp)
+    [d] = load_benchmark("ds1000", ds1000)
+    assert m.task_id == "mbpp/9001" and MBPP_ROW["code"] in m.needles
+    assert d.task_id == "ds1000/77" and DS1000_ROW["reference_code"] in d.needles
+    index = benchmark_index([BenchmarkFile(path=mbpp, format="mbpp"), BenchmarkFile(path=ds1000, format="ds1000")])
+    assert index.contains_benchmark("# copied\n" + MBPP_ROW["code"] + "\n") == "mbpp/9001"
+    assert index.contains_benchmark("x = 1\n" + DS1000_ROW["reference_code"]) == "ds1000/77"
+    assert index.contains_benchmark("def unrelated(a):\n    return sorted(a, key=len, reverse=True)[:3] + [0] * 9") is None
+    assert len(index) == len(BenchmarkIndex.build()) + 2
+
+
+def test_benchmark_loaders_ask_the_hub_for_the_published_datasets(tmp_path, monkeypatch):
+    """The Hub cannot be reached here: ``datasets.load_dataset`` is replaced by a recorder serving fixture rows."""
+    import datasets
+
+    from pipeline.benchmark_data import load_benchmark
+    from pipeline.errors import ConfigError
+
+    calls = []
+
+    def fake_load(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list([MBPP_ROW if "mbpp" in path else DS1000_ROW])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert len(load_benchmark("mbpp")) == 4  # one fixture row per split
+    assert calls[:4] == [("google-research-datasets/mbpp", "full", s) for s in ("train", "test", "validation", "prompt")]
+    assert [e.task_id for e in load_benchmark("ds1000")] == ["ds1000/77"]
+    assert calls[-1] == ("xlangai/DS-1000", None, "test")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConfigError, match="benchmark mbpp: cannot load google-research-datasets/mbpp.*format: mbpp"):
+        load_benchmark("mbpp")
+
+
+def test_paper_recipe_decontaminates_against_mbpp_at_seeds_and_mbpp_ds1000_at_dedup(tmp_path):
+    from stages.seeds import SeedsConfig, SeedsStage
+
+    recipe = paper_recipe()
+    assert recipe.stages.seeds.benchmarks == ["mbpp"]
+    assert recipe.stages.dedup.benchmarks == ["mbpp", "ds1000"]
+    mbpp, _ = _write_fixtures(tmp_path)
+    # the seed's docstring is the MBPP problem statement
+    source = MBPP_ROW["code"].replace("(a, b):\n", f'(a, b):\n    """{MBPP_ROW["text"]}"""\n', 1) + "\n"
+    config = SeedsConfig(filters=["not_benchmark"], benchmark_files=[{"path": str(mbpp), "format": "mbpp"}])
+    result = SeedsStage(config, recipe).process_batch([_seed_file(source)])
+    assert [r["drop_reason"] for r in result.dropped] == ["not_benchmark"]
+    assert not SeedsStage(SeedsConfig(filters=["not_benchmark"]), recipe).process_batch([_seed_file(source)]).dropped
