@@ -9,6 +9,7 @@ from pipeline.cli import _model_config_class
 from pipeline.config import build_config_model, load_config
 from stages import PIPELINE
 from tests.conftest import REPO
+from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 
 PAPER = REPO / "configs" / "selfcodealign-sc2-15b.yaml"
 
@@ -332,3 +333,32 @@ def test_paper_recipe_decontaminates_against_mbpp_at_seeds_and_mbpp_ds1000_at_de
     result = SeedsStage(config, recipe).process_batch([_seed_file(source)])
     assert [r["drop_reason"] for r in result.dropped] == ["not_benchmark"]
     assert not SeedsStage(SeedsConfig(filters=["not_benchmark"]), recipe).process_batch([_seed_file(source)]).dropped
+
+
+# -- j. fine-tuning in the released prompt format, without gradient clipping ---------------------------
+def test_finetune_uses_the_released_starcoder2_instruct_format_and_no_clipping(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pipeline.training.data import IGNORE, ConversationEncoder
+    from pipeline.training.formats import STARCODER2_INSTRUCT_SYSTEM
+    from stages.finetune import FinetuneConfig, FinetuneStage
+
+    recipe = paper_recipe()
+    assert recipe.stages.finetune.chat_format == "starcoder2-instruct"
+    assert recipe.stages.finetune.max_grad_norm is None and FinetuneConfig().max_grad_norm is None
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    encoder = ConversationEncoder(tokenizer, "starcoder2-instruct")
+    messages = [{"role": "user", "content": "Add two numbers."}, {"role": "assistant", "content": "def add(a, b): ..."}]
+    bos = tokenizer.bos_token or tokenizer.eos_token
+    expected = (f"{bos}{STARCODER2_INSTRUCT_SYSTEM}\n\n### Instruction\nAdd two numbers.\n\n"
+                f"### Response\ndef add(a, b): ...{tokenizer.eos_token}")
+    assert encoder.text(messages) == expected
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == expected
+    encoded = encoder.encode(messages, max_length=512)
+    answer = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE]
+    assert tokenizer.decode(answer) == "def add(a, b): ..." + tokenizer.eos_token
+    recipe.run.work_dir = tmp_path
+    stage = FinetuneStage(FinetuneConfig(), recipe)
+    assert stage.training_arguments(tmp_path, bf16=False, cuda=False).max_grad_norm == 0.0
+    clipped = FinetuneStage(FinetuneConfig(max_grad_norm=1.0), recipe)
+    assert clipped.training_arguments(tmp_path, bf16=False, cuda=False).max_grad_norm == 1.0
