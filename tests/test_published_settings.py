@@ -134,6 +134,7 @@ def test_paper_seeds_near_dedup_and_judge_reading_the_whole_function():
     seeds = paper_recipe().stages.seeds
     assert seeds.filters[-2:] == ["near_dedup", "docstring_judge"] and seeds.near_dedup.threshold == 0.5
     assert seeds.docstring_judge.show == "function" and JudgeSettings().show == "function"
+    assert (seeds.docstring_judge.samples, seeds.docstring_judge.temperature) == (1, 0.0)  # one greedy answer
     rows = [
         {"id": "lies", "code": 'def lies(xs):\n    """Return xs sorted ascending."""\n    return sorted(xs, reverse=True)\n'},
         {"id": "tie", "code": 'def tie(x):\n    """Return x."""\n    return x\n'},
