@@ -28,7 +28,7 @@ def test_recipes_in_configs_validate():
     assert demo.stages.seeds.source.kind == "stdlib"
     paper = load_config(REPO / "configs/selfcodealign-sc2-15b.yaml", MODEL)
     assert paper.model.backend == "vllm" and paper.model.model == "bigcode/starcoder2-15b"
-    assert paper.stages.seeds.source.dataset == "bigcode/the-stack"
+    assert paper.stages.seeds.source.dataset == "bigcode/the-stack-dedup"
     responses = paper.stages.responses
     assert (responses.n, responses.temperature, responses.max_tokens) == (10, 0.7, 1536)
     assert paper.stages.concepts.fewshot_k == 8
