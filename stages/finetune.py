@@ -69,9 +69,10 @@ class FinetuneConfig(AdapterOptions):
                     "instruction tables become conversations.")
     base_model: str | None = Field(
         default=None, description="Model to fine-tune (directory, Hub id, .gguf, or a model alias such as 'gemma3-270m-gguf'); default: model.model.")
-    chat_format: Literal["instruction", "chatml"] = Field(
+    chat_format: Literal["instruction", "starcoder2-instruct", "chatml"] = Field(
         default="instruction",
-        description="'instruction': ### Instruction / ### Response blocks; 'chatml': <|system|> <|user|> "
+        description="'instruction': ### Instruction / ### Response blocks; 'starcoder2-instruct': the released "
+                    "StarCoder2-15B-Instruct format (BOS, its system line, the same blocks, EOS); 'chatml': <|system|> <|user|> "
                     "<|assistant|> <|end|> special tokens (added to the tokenizer when missing).")
     system_prompt: str | None = Field(
         default=None, description="Preamble for conversations without a system turn; default: the format's own.")
@@ -88,7 +89,9 @@ class FinetuneConfig(AdapterOptions):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         default="linear", description="Learning-rate schedule after warm-up.")
     weight_decay: float = Field(default=0.0, ge=0, description="Weight decay.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    max_grad_norm: float | None = Field(
+        default=None, gt=0, description="Gradient clipping norm; None: no clipping, as published."
+    )
     max_length: int = Field(default=1280, ge=8, description="Tokens per conversation at most.")
     overflow: Literal["truncate", "drop"] = Field(
         default="truncate", description="What to do with longer conversations: cut them, or drop them.")
@@ -293,7 +296,7 @@ class FinetuneStage(WholeStage):
             warmup_steps=cfg.warmup_ratio,
             optim=cfg.optimizer,
             weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
+            max_grad_norm=cfg.max_grad_norm or 0.0,  # 0 switches the Trainer's clipping off
             bf16=bf16,
             use_cpu=not cuda,
             activation_checkpointing=cfg.gradient_checkpointing,

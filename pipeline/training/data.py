@@ -84,13 +84,17 @@ class ConversationEncoder:
             tokenizer.pad_token = tokenizer.eos_token
         system = (system_prompt if system_prompt is not None else base.default_system) if use_default_system else None
         self.format: ChatFormat = base.with_tokens(tokenizer.eos_token, system)
-        self.bos = self._bos(tokenizer)
+        self.bos = self._bos(tokenizer, base.bos_first)
         tokenizer.chat_template = jinja_template(self.format, self.bos)
         self.tokenizer = tokenizer
 
     @staticmethod
-    def _bos(tokenizer) -> str:
-        """The beginning-of-sequence token when the tokenizer itself would add one to plain text, else ''."""
+    def _bos(tokenizer, always: bool = False) -> str:
+        """The beginning-of-sequence token when the format always starts with one (the end-of-sequence token
+        stands in for a tokenizer without one, as in StarCoder2's) or the tokenizer itself would add one to
+        plain text; else ''."""
+        if always:
+            return tokenizer.bos_token or tokenizer.eos_token
         bos_id = tokenizer.bos_token_id
         if bos_id is None:
             return ""
