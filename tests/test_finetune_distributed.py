@@ -224,3 +224,33 @@ def test_accelerate_configs_parse_and_name_their_layouts(monkeypatch):
     assert launched_layout("none") == "fsdp+offload"
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert launched_layout("none") == "zero3"
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_lora_fine_tune_of_the_demo_model_then_evaluate_on_the_merged_model(tmp_path):
+    """The demo's Gemma 3 270M: a LoRA finetune stage, then evaluate loads the merged model, all by the CLI."""
+    from tests.conftest import run_cli
+
+    conversations = write_data(tmp_path / "conversations.jsonl", [{"id": f"c{i}", **conversation(i)} for i in range(4)])
+    config = {
+        "name": "demo-lora",
+        "run": {"work_dir": str(tmp_path / "work")},
+        "model": {"backend": "transformers", "model": "gemma3-270m-gguf", "device": "cpu", "show_progress": False},
+        "stages": {"finetune": {"adapter": "lora", "lora_r": 8, "max_steps": 2, "per_device_batch_size": 2,
+                                "gradient_accumulation_steps": 1, "max_length": 256, "learning_rate": 1e-4},
+                   "evaluate": {"limit": 2, "max_tokens": 24, "evaluate_base": False, "sandbox": {"workers": 2}}},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    finetune = run_cli("--config", str(path), "--stage", "finetune", "--input", str(conversations), timeout=900)
+    assert finetune.returncode == 0, finetune.stderr[-3000:]
+    training = json.loads((tmp_path / "work" / "finetune" / "manifest.json").read_text())["training"]
+    assert training["adapter"] == "lora" and training["global_step"] == 2
+    assert (Path(training["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    assert not (Path(training["model_dir"]) / "adapter_config.json").exists()  # a plain, merged model
+
+    evaluate = run_cli("--config", str(path), "--stage", "evaluate", timeout=900)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    results = json.loads((tmp_path / "work" / "evaluate" / "manifest.json").read_text())["results"]
+    assert results["finetuned"]["model_path"] == training["model_dir"] and results["finetuned"]["total"] == 2
