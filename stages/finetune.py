@@ -24,6 +24,14 @@ same command after a crash resumes from the last one. The result, model,
 tokenizer and chat template together, is saved in ``finetune/model/``, so
 ``AutoTokenizer.from_pretrained(...).apply_chat_template(messages)`` renders
 conversations exactly as in training; the loss curve is ``finetune/loss.png``.
+
+Beyond one device (``accelerate launch`` with a layout from
+``configs/accelerate/``: DDP, FSDP, DeepSpeed ZeRO-3) every process trains
+and only the main one writes rows, checkpoints' shared files, the model and
+the manifest; the accumulation is divided among the processes so the
+effective batch stays the recipe's. ``adapter: lora`` (or ``qlora``) trains
+PEFT adapters only, saved in ``finetune/adapter/``, and ``finetune/model/``
+then holds the base with the adapter merged in.
 """
 
 from __future__ import annotations
