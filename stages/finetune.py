@@ -282,6 +282,8 @@ class FinetuneStage(WholeStage):
 
         tokenizer = encoder.tokenizer
         dtype = torch.bfloat16 if bf16 else torch.float32
+        checkpoints = store.dir / "checkpoints"
+        args = self.training_arguments(checkpoints, bf16, cuda)  # first: under ZeRO-3 the model then loads sharded
         model, forced = load_for_training(model_dir, dtype, cfg.dropout, len(tokenizer),
                                           quantization_config() if cfg.adapter == "qlora" else None)
         if forced:
@@ -289,8 +291,6 @@ class FinetuneStage(WholeStage):
         if cfg.adapter != "none":
             model = attach_adapter(model, cfg, train_embeddings=encoder.added_tokens > 0,
                                    checkpointing=cfg.gradient_checkpointing)
-        checkpoints = store.dir / "checkpoints"
-        args = self.training_arguments(checkpoints, bf16, cuda)
         trainer = Trainer(
             model=model, args=args,
             train_dataset=ConversationDataset(self.train_rows(examples)),

@@ -250,11 +250,10 @@ def check_generation(model_dir: Path, batch: int, max_tokens: int, cuda: bool) -
             "peak_allocated_gib": round(measured.peak_allocated / GIB, 2), "status": "ok"}
 
 
-def release(*objects) -> None:
-    """Drop the references handed in and return the GPU memory they held."""
+def free_memory() -> None:
+    """Collect what is no longer referenced and hand the GPU memory it held back to the device."""
     import torch
 
-    del objects
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -294,8 +293,8 @@ def run_checks(args) -> tuple[dict, list[dict]]:
     model.config.use_cache = True
     model.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    release(model)
     del model
+    free_memory()
 
     print("gpu check: lora", file=sys.stderr, flush=True)
     lora_options = argparse.Namespace(adapter="lora", lora_r=16, lora_alpha=32, lora_dropout=0.0,
@@ -308,8 +307,8 @@ def run_checks(args) -> tuple[dict, list[dict]]:
                              out_dir=work / "lora")
     rows.append(training_row(name.replace("train", "lora"), config, "lora", measured, seq_len=seq_len,
                              accumulation=accumulation, bf16=bf16, cuda=cuda, device_name=device_name, losses=losses))
-    release(model)
     del model
+    free_memory()
 
     for batch in (1, 4 if args.dry else 32):
         print(f"gpu check: generation at batch {batch}", file=sys.stderr, flush=True)
@@ -319,11 +318,11 @@ def run_checks(args) -> tuple[dict, list[dict]]:
             continue
         rows.append(check_generation(model_dir, batch, gen_tokens, cuda))
 
-    rows.append(check_15b(args, cuda, total, device_name, work))
+    rows.append(check_15b(args, cuda, total, device_name, work, tokenizer))
     return facts, rows
 
 
-def check_15b(args, cuda: bool, total: int, device_name: str, work: Path) -> dict:
+def check_15b(args, cuda: bool, total: int, device_name: str, work: Path, tokenizer) -> dict:
     """A few optimizer steps of the StarCoder2-15B shape at the paper's settings, where the memory allows."""
     import torch
 
@@ -337,18 +336,18 @@ def check_15b(args, cuda: bool, total: int, device_name: str, work: Path) -> dic
     if total < est.per_gpu:
         return row | {"status": f"skipped: the card has {total / GIB:.1f} GiB, the estimate asks {est.per_gpu / GIB:.1f}"}
     print("gpu check: train-15b", file=sys.stderr, flush=True)
-    tokenizer = build_tokenizer(config.vocab_size)
-    data = training_rows(tokenizer, 3, 1280)
+    data = training_rows(tokenizer, 3, 1280)  # the 3B's tokenizer: the same 49152 ids
     try:
         model = build_model(config, torch.bfloat16, "cuda")
         measured, losses = train(model, tokenizer, data, steps=3, accumulation=1, bf16=True, cuda=True,
                                  out_dir=work / "train15b")
     except torch.cuda.OutOfMemoryError as exc:
         peak = torch.cuda.max_memory_allocated()
-        release()
+        free_memory()
         return row | {"peak_allocated_gib": round(peak / GIB, 2),
                       "status": f"out of memory ({str(exc).splitlines()[0][:160]})"}
-    release(model)
+    del model
+    free_memory()
     return training_row("train-15b", config, "ddp", measured, seq_len=1280, accumulation=1, bf16=True, cuda=True,
                         device_name=device_name, losses=losses)
 
