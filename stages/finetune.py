@@ -255,7 +255,7 @@ class FinetuneStage(WholeStage):
         from transformers import Trainer
 
         from pipeline.training.adapters import attach_adapter, quantization_config
-        from pipeline.training.distributed import resume_checkpoint
+        from pipeline.training.distributed import check_layout_device, resume_checkpoint
         from pipeline.training.modeling import load_for_training, resolve_model_dir
 
         cfg = self.config
@@ -277,6 +277,7 @@ class FinetuneStage(WholeStage):
             raise PipelineError(f"finetune: none of the {len(encoded)} input conversations can be trained on "
                                 "(see finetune/dropped/ for the reasons)")
         cuda = torch.cuda.is_available()
+        check_layout_device(layouts.launched_layout(cfg.adapter), cuda)
         bf16 = bool(cfg.bf16 and cuda and torch.cuda.is_bf16_supported())
         fit = self.fit_estimate(model_dir, encoder.added_tokens, bf16, cuda)
 

@@ -3,9 +3,10 @@
 Everything runs for real on the tiny random model: the two-process runs go
 through ``accelerate launch`` with ``configs/accelerate/ddp.yaml`` (on a
 machine without CUDA the Trainer's ``use_cpu`` makes accelerate pick the gloo
-backend). FSDP and ZeRO-3 cannot run here: accelerate 1.x turns FSDP on only
-for accelerator devices (``MULTI_CPU`` is not among them) and DeepSpeed needs
-CUDA, so their configs are only parsed and checked.
+backend). FSDP and ZeRO-3 cannot run here: accelerate's FSDP plugin stops
+with "no available devices" without an accelerator (and its multi-CPU mode
+never turns FSDP on) and DeepSpeed needs CUDA, so their configs are only
+parsed and checked, and the stage's refusal on CPUs is tested.
 """
 
 from __future__ import annotations
@@ -174,6 +175,15 @@ def test_qlora_without_a_gpu_says_so(tmp_path, tiny_model_dir):  # noqa: F811
     data = write_data(tmp_path / "data.jsonl", [conversation(0)])
     with pytest.raises(PipelineError, match="qlora' needs a CUDA GPU"):
         run_stage(recipe(tmp_path, tiny_model_dir, adapter="qlora"), data)
+
+
+def test_a_sharded_layout_without_gpus_is_a_one_line_error(tmp_path, tiny_model_dir, monkeypatch):  # noqa: F811
+    """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` sets, on this CPU-only machine."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    data = write_data(tmp_path / "data.jsonl", [conversation(0)])
+    with pytest.raises(PipelineError, match="the fsdp layout needs CUDA GPUs"):
+        run_stage(recipe(tmp_path, tiny_model_dir), data)
+    assert not (tmp_path / "work" / "finetune" / "checkpoints").exists()
 
 
 def test_accumulation_is_shared_among_the_processes():
