@@ -31,6 +31,14 @@ same command after a crash resumes from the last one. The result, model,
 tokenizer and chat template together, is saved in ``finetune/model/``, so
 ``AutoTokenizer.from_pretrained(...).apply_chat_template(messages)`` renders
 conversations exactly as in training; the loss curve is ``finetune/loss.png``.
+
+Beyond one device (``accelerate launch`` with a layout from
+``configs/accelerate/``: DDP, FSDP, DeepSpeed ZeRO-3) every process trains
+and only the main one writes rows, checkpoints' shared files, the model and
+the manifest; the accumulation is divided among the processes so the
+effective batch stays the recipe's. ``adapter: lora`` (or ``qlora``) trains
+PEFT adapters only, saved in ``finetune/adapter/``, and ``finetune/model/``
+then holds the base with the adapter merged in.
 """
 
 from __future__ import annotations
@@ -331,7 +339,7 @@ class FinetuneStage(WholeStage):
         from transformers import Trainer
 
         from pipeline.training.adapters import attach_adapter, quantization_config
-        from pipeline.training.distributed import resume_checkpoint
+        from pipeline.training.distributed import check_layout_device, resume_checkpoint
         from pipeline.training.modeling import load_for_training, resolve_model_dir
 
         cfg = self.config
@@ -355,11 +363,14 @@ class FinetuneStage(WholeStage):
             raise PipelineError(f"finetune: none of the {len(encoded)} input conversations can be trained on "
                                 "(see finetune/dropped/ for the reasons)")
         cuda = torch.cuda.is_available()
+        check_layout_device(layouts.launched_layout(cfg.adapter), cuda)
         bf16 = bool(cfg.bf16 and cuda and torch.cuda.is_bf16_supported())
         fit = self.fit_estimate(model_dir, encoder.added_tokens, bf16, cuda)
 
         tokenizer = encoder.tokenizer
         dtype = torch.bfloat16 if bf16 else torch.float32
+        checkpoints = store.dir / "checkpoints"
+        args = self.training_arguments(checkpoints, bf16, cuda)  # first: under ZeRO-3 the model then loads sharded
         model, forced = load_for_training(model_dir, dtype, cfg.dropout, len(tokenizer),
                                           quantization_config() if cfg.adapter == "qlora" else None)
         if forced:
@@ -367,8 +378,6 @@ class FinetuneStage(WholeStage):
         if cfg.adapter != "none":
             model = attach_adapter(model, cfg, train_embeddings=encoder.added_tokens > 0,
                                    checkpointing=cfg.gradient_checkpointing)
-        checkpoints = store.dir / "checkpoints"
-        args = self.training_arguments(checkpoints, bf16, cuda)
         trainer = Trainer(
             model=model, args=args,
             train_dataset=ConversationDataset(self.train_rows(examples)),
