@@ -158,19 +158,19 @@ def judge_says_yes(function_name: str) -> bool:
     return len(function_name) % 2 == 0
 
 
-def _last_function_name(text: str) -> str:
-    """The name of the last ``def NAME(`` in a prompt (the function being asked about)."""
+def _query_match(pattern: str, prompt: str) -> str:
+    """The first match of ``pattern`` in the prompt's query (after its last example header), or ``unknown``."""
     import re
 
-    names = re.findall(r"def (\w+)\(", text)
-    return names[-1] if names else "unknown"
+    found = re.search(pattern, prompt.rsplit("\n## Example", 1)[-1])
+    return found.group(1) if found else "unknown"
 
 
 class ReplayBackend:
     """Answers the pipeline's few-shot prompts as a well-behaved model would (a model output fixture).
 
     The answer depends on the header the prompt ends with: ``### Concepts`` gets a list naming the
-    function, ``### Instruction`` an instruction, ``### Response`` a solution and a ``### Tests`` block
+    function, ``### Instruction`` an instruction naming that function again, ``### Response`` a solution and a ``### Tests`` block
     (sample k: tests pass for even k, fail for odd k), ``### Enough to re-implement`` a yes/no verdict
     by :func:`judge_says_yes`; anything else (a HumanEval prompt) a one-line body. Every completion
     stops normally. ``prompts`` records what was asked.
@@ -181,11 +181,12 @@ class ReplayBackend:
 
     def answer(self, prompt: str, index: int) -> str:
         """The replayed completion ``index`` for ``prompt``."""
-        name = _last_function_name(prompt)
+        name = _query_match(r"def (\w+)\(", prompt)
         if prompt.endswith("### Concepts\n"):
             return f"- the function {name}\n- early return\n"
         if prompt.endswith("### Instruction\n"):
-            return f"Write a Python function that doubles a number, in the spirit of {name}.\n"
+            seed = _query_match(r"the function (\w+)", prompt)
+            return f"Write a Python function that doubles a number, in the spirit of {seed}.\n"
         if prompt.endswith("### Response\n"):
             expected = 4 if index % 2 == 0 else 5
             return ("Multiply by two.\n\n```python\ndef double(x):\n    return x * 2\n```\n\n"
