@@ -218,8 +218,9 @@ def test_generation_stages_keep_well_formed_answers_with_their_lineage(tmp_path,
     for r in responses:
         source = by_instruction[r["instruction_id"]]
         assert r["seed_id"] == source["seed_id"] and r["instruction"] == source["instruction"]
-        assert r["response"].startswith("Multiply by two.") and "def double(x):" in r["response"]
-        assert r["tests"] == f"assert double(2) == {4 if r['sample_index'] % 2 == 0 else 5}\nassert double(0) == 0"
+        func = f"double_{by_seed[r['seed_id']]['name']}"
+        assert r["response"].startswith("Multiply by two.") and f"def {func}(x):" in r["response"]
+        assert r["tests"] == f"assert {func}(2) == {4 if r['sample_index'] % 2 == 0 else 5}\nassert {func}(0) == 0"
     for name in ("concepts", "instructions", "responses"):
         manifest = StageStore(tmp_path / "work", name).read_manifest()
         assert manifest["dropped"] == {} and manifest["rows_out"] == manifest["stats"]["completions"], name
