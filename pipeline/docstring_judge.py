@@ -17,8 +17,7 @@ from pydantic import Field
 
 from pipeline.config import StrictModel, not_fingerprinted
 from pipeline.fewshot import DEFAULT_JUDGE_BANK, JudgeExample, load_judge_bank
-from pipeline.generation import ask
-from pipeline.ids import stable_id
+from pipeline.generation import ask, row_seed
 from pipeline.progress import progress
 from pipeline.prompting import ParseFailure, PromptTask, section
 
@@ -95,11 +94,9 @@ def judge_docstrings(backend: Any, rows: Iterable[dict], settings: JudgeSettings
             for row in chunk:
                 examples = bank.sample(settings.fewshot_k, seed, "docstring_judge", row["id"])
                 prompts.append(task.chat_messages(examples, row) if chat else task.completion_prompt(examples, row))
-            params = SamplingParams(
-                n=settings.samples, temperature=settings.temperature, max_tokens=4, stop=task.stop(),
-                seed=int(stable_id(seed, "docstring_judge", *(r["id"] for r in chunk)), 16) % 2**31,
-            )
-            for row, answers in zip(chunk, ask(backend, task, prompts, params, chat=chat)):
+            params = SamplingParams(n=settings.samples, temperature=settings.temperature, max_tokens=4, stop=task.stop())
+            seeds = [row_seed(seed, "docstring_judge", row["id"]) for row in chunk]
+            for row, answers in zip(chunk, ask(backend, task, prompts, params, chat=chat, seeds=seeds)):
                 yes = sum(1 for _, parsed in answers if not isinstance(parsed, ParseFailure) and parsed["yes"])
                 verdicts[row["id"]] = yes * 2 > len(answers)
             bar.update(len(chunk))
