@@ -351,6 +351,37 @@ def test_vllm_sampling_kwargs():
     assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and greedy["top_p"] == 1.0 and "seed" not in greedy
 
 
+def test_vllm_gives_each_prompt_sampling_params_with_its_seed(monkeypatch):
+    """vLLM needs CUDA, so a stand-in module records what the backend hands ``LLM.generate`` and ``LLM.chat``:
+    one ``SamplingParams`` per prompt, carrying that prompt's seed."""
+    import types
+
+    from pipeline.llm import vllm_backend
+
+    calls = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            pass
+
+        def _answer(self, prompts, sampling, use_tqdm):
+            calls.append(sampling)
+            out = types.SimpleNamespace(text="ok", finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[out] * s["n"]) for s in sampling]
+
+        generate = chat = _answer
+
+    fake = types.SimpleNamespace(LLM=FakeLLM, SamplingParams=lambda **kwargs: kwargs)
+    monkeypatch.setattr(vllm_backend, "_import_vllm", lambda: fake)
+    backend = vllm_backend.VLLMBackend(LLMConfig(backend="vllm", model="some/model", show_progress=False))
+    params = SamplingParams(n=2, temperature=0.7, max_tokens=8, seed=3)
+    answers = backend.generate(["a", "b", "c"], params, seeds=[10, 11, 12])
+    assert answers == [[Completion(text="ok", finish_reason="stop")] * 2] * 3
+    backend.generate_chat([[{"role": "user", "content": "d"}]], params, seeds=[13])
+    backend.generate(["e", "f"], params)
+    assert [[s["seed"] for s in call] for call in calls] == [[10, 11, 12], [13], [3, 3]]
+
+
 def test_vllm_engine_kwargs():
     from pipeline.llm.vllm_backend import vllm_engine_kwargs
 
