@@ -18,7 +18,9 @@ assistant turns) is rendered with a chat format (the plain
 instruction/response layout by default, a ChatML-style one with special
 tokens as an option) and tokenised; the loss is computed on the assistant
 answers only, their end markers included: every system and user token is
-labelled -100. Conversations longer than ``max_length`` tokens are truncated
+labelled -100. Special-token text inside a turn (a user typing
+``<|assistant|>``) is tokenised as plain text: only the template writes
+control tokens. Conversations longer than ``max_length`` tokens are truncated
 (or dropped, ``overflow: drop``); one row per conversation records its token
 count and what became of it (``kept``, ``truncated``; dropped ones under
 ``dropped/`` with their reason).

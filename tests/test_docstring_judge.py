@@ -13,6 +13,7 @@ from pipeline.prompting import ParseFailure
 from pipeline.store import StageStore
 from tests.conftest import run_cli, write_recipe
 from tests.llm_fixtures import judge_says_yes, replay_model_section, replay_server  # noqa: F401 - fixture
+from tests.llm_fixtures import _openai_server_session, openai_server, tiny_backend, tiny_model_dir  # noqa: F401
 
 CODE = 'def double(x):\n    """Return twice x."""\n    y = x * 2\n    return y\n'
 
@@ -24,7 +25,7 @@ class ScriptedBackend(Backend):
         self.answers = answers_by_marker
         self.prompts: list[str] = []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         self.prompts.extend(prompts)
         out = []
         for prompt in prompts:
@@ -32,7 +33,7 @@ class ScriptedBackend(Backend):
             out.append([Completion(text=t, finish_reason="stop") for t in self.answers[marker][: params.n]])
         return out
 
-    def generate_chat(self, conversations, params):
+    def generate_chat(self, conversations, params, seeds=None):
         raise AssertionError("not used")
 
 
@@ -87,3 +88,21 @@ def test_judge_in_the_seeds_stage_drops_exactly_the_no_verdicts(tmp_path, stdlib
     manifest = store.read_manifest()
     assert manifest["dropped"]["docstring_judge"] == len(judged_out) and manifest["rows_out"] == len(kept)
     assert "model" in manifest["config"], "the judge's model is part of the stage's config and fingerprint"
+
+
+def test_each_function_is_judged_with_its_own_seed_whatever_the_batch(openai_server):
+    """The judge's answers for a function are sampled with a seed from the run seed and that function's id, so
+    judging it alone or among others asks the server the very same thing."""
+    from pipeline.llm import LLMConfig, create_backend
+
+    rows = [{"id": f"f{i}", "code": CODE.replace("double", f"double{i}")} for i in range(5)]
+    asked = []
+    for batch_size in (1, 3, 16):
+        openai_server.reset()
+        config = LLMConfig(backend="openai", model=openai_server.model_name, base_url=openai_server.base_url,
+                           show_progress=False)
+        with create_backend(config) as client:
+            judge_docstrings(client, rows, JudgeSettings(samples=2, fewshot_k=1, batch_size=batch_size), seed=7)
+        asked.append(sorted((req["prompt"], req["seed"]) for req in openai_server.seen))
+    assert asked[0] == asked[1] == asked[2]
+    assert len({seed for _, seed in asked[0]}) == len(rows)

@@ -165,10 +165,10 @@ class ReplayBackend(Backend):
         self.seen.append(problem["task_id"])
         return self.answers[problem["task_id"]]
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         return [[Completion(text=self._answer(p), finish_reason="stop")] for p in prompts]
 
-    def generate_chat(self, conversations, params):
+    def generate_chat(self, conversations, params, seeds=None):
         return [[Completion(text=f"```python\n{self._answer(c[-1]['content'])}```", finish_reason="stop")]
                 for c in conversations]
 

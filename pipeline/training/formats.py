@@ -137,8 +137,20 @@ def render(fmt: ChatFormat, messages: list[dict], bos: str = "", add_generation_
     Each span covers an assistant turn's content and its end marker, not its
     header. The text equals what the format's Jinja template renders.
     """
+    text, answers, _ = render_with_contents(fmt, messages, bos, add_generation_prompt)
+    return text, answers
+
+
+def render_with_contents(fmt: ChatFormat, messages: list[dict], bos: str = "", add_generation_prompt: bool = False
+                         ) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+    """:func:`render`'s text and answer spans, plus the spans of every turn's content (text a user typed).
+
+    Only the characters outside the content spans were written by the template;
+    the encoder turns special-token strings into control tokens there alone.
+    """
     pieces: list[str] = [bos]
     spans: list[tuple[int, int]] = []
+    contents: list[tuple[int, int]] = []
     position = len(bos)
 
     def emit(text: str) -> None:
@@ -155,14 +167,16 @@ def render(fmt: ChatFormat, messages: list[dict], bos: str = "", add_generation_
             emit(fmt.separator)
         emit(fmt.headers[role])
         start = position
-        emit(message["content"] + fmt.ends[role])
+        emit(message["content"])
+        contents.append((start, position))
+        emit(fmt.ends[role])
         if role == "assistant":
             spans.append((start, position))
     if add_generation_prompt:
         if turns:
             emit(fmt.separator)
         emit(fmt.headers["assistant"])
-    return "".join(pieces), spans
+    return "".join(pieces), spans, contents
 
 
 def _literal(text: str) -> str:
