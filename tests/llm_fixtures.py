@@ -173,7 +173,7 @@ class ReplayBackend:
     The answer depends on the header the prompt ends with: ``### Concepts`` gets a list naming the
     function, ``### Instruction`` an instruction naming that function again, ``### Response`` a solution
     (``double_<that name>``) and a ``### Tests`` block
-    (sample k: tests pass for even k, fail for odd k), ``### Enough to re-implement`` a yes/no verdict
+    (sample k: tests pass for even k, fail for odd k), the docstring judge's headers a yes/no verdict
     by :func:`judge_says_yes`; anything else (a HumanEval prompt) a one-line body. Every completion
     stops normally. ``prompts`` records what was asked.
     """
@@ -194,7 +194,7 @@ class ReplayBackend:
             expected = 4 if index % 2 == 0 else 5
             return (f"Multiply by two.\n\n```python\ndef {func}(x):\n    return x * 2\n```\n\n"
                     f"### Tests\n```python\nassert {func}(2) == {expected}\nassert {func}(0) == 0\n```\n")
-        if prompt.endswith("### Enough to re-implement\n"):
+        if prompt.endswith(("### Enough to re-implement\n", "### Docstring describes the code\n")):
             return "yes" if judge_says_yes(name) else "no"
         return self.humaneval_answer(prompt)
 

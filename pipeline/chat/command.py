@@ -34,11 +34,13 @@ def trained_model(runner: Any) -> Path | None:
 
 
 def chat_settings(config: Any, model: str):
-    """The recipe's backend settings with ``model`` as the model (transformers when the recipe names no backend)."""
+    """The recipe's backend settings with ``model`` as the model (transformers when the recipe names no backend,
+    or names llama.cpp, which serves GGUF files only, and ``model`` is a model directory)."""
     from pipeline.llm import LLMConfig
 
     base = getattr(config, "model", None)
-    if base is None:
+    if base is None or (base.backend == "llamacpp" and Path(model).is_dir()):
+        # llama.cpp serves GGUF files; a model directory (a fine-tune) loads through transformers
         return LLMConfig(backend="transformers", model=model, show_progress=False)
     return base.model_copy(update={"model": model, "tokenizer": None, "show_progress": False})
 
