@@ -24,7 +24,7 @@ from pipeline.llm import BackendError, LLMConfig, SamplingParams, create_backend
 from pipeline.llm.llamacpp_backend import pick_threads
 from pipeline.llm.server_process import ManagedServer, process_start_time, reap_orphans
 from pipeline.llm.split_gguf import Part, SplitGGUF, assemble
-from tests.conftest import REPO
+from tests.conftest import REPO, require_installed
 from tests.gguf_fixtures import tiny_gguf  # noqa: F401 - fixture
 
 QWEN = "qwen2.5-coder-0.5b-instruct-gguf"
@@ -35,10 +35,7 @@ def require(module: str, what: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        message = f"{what} is not installed ({module}); CI installs it"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        require_installed(what, f"the module {module} is not installed")
 
 
 @pytest.fixture
