@@ -206,3 +206,19 @@ def test_finetune_reads_the_dataset_its_config_names_and_reports_the_conversion(
     saved = pq.read_table(tmp_path / "work" / "finetune" / "source_dropped" / "part-00000.parquet")
     assert saved.num_rows == len(TREES) - 6
     assert runner.state("finetune").state == "done"
+
+
+def test_a_hub_dataset_id_is_read_through_datasets(monkeypatch):
+    """The Hub cannot be reached here: ``datasets.load_dataset`` is replaced by a recorder serving our trees."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, **kwargs):
+        calls.append((name, kwargs))
+        return [dict(row) for row in TREES]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    source = ConversationSource(open_input("OpenAssistant/oasst2:validation"), ConversationsConfig(languages=["es"]))
+    assert [r["messages"] for r in source.iter_rows()] == [B_BEST]
+    assert calls[0][0] == "OpenAssistant/oasst2" and calls[0][1]["split"] == "validation"
