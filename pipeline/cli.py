@@ -75,7 +75,8 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
     chat.add_argument("--model", metavar="PATH",
                       help="chat with this model instead (directory, .gguf, or the served name for the openai "
                       "backend); implies --chat")
-    chat.add_argument("--temperature", type=float, metavar="T", help="chat sampling temperature (default 0.2; 0 is greedy)")
+    chat.add_argument("--temperature", type=float, metavar="T",
+                      help="chat sampling temperature (default 0.2; 0 is greedy)")
     chat.add_argument("--max-tokens", type=int, metavar="N", help="chat: most new tokens per answer (default 512)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="console log level")
     return parser
@@ -99,7 +100,8 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     if (args.shard or args.merge) and (not args.stage or args.stage == "all"):
         parser.error("--shard and --merge need --stage NAME (one stage)")
     args.chat = args.chat or args.model is not None
-    if not (args.chat or args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report):
+    if not (args.chat or args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish
+            or args.report):
         parser.print_help()
         return 0
     from pipeline.runner import Runner

@@ -77,7 +77,8 @@ class FinetuneConfig(StageConfig):
     use_default_system: bool = Field(
         default=True, description="Render the format's preamble when a conversation has no system turn.")
     optimizer: Literal["adafactor", "adamw_torch"] = Field(
-        default="adafactor", description="Optimizer: Adafactor, as in the paper; AdamW for recipes that used it (StarChat).")
+        default="adafactor",
+        description="Optimizer: Adafactor, as in the paper; AdamW for recipes that used it (StarChat).")
     learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
     num_epochs: float = Field(default=4.0, gt=0, description="Passes over the data.")
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")

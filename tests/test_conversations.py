@@ -173,7 +173,8 @@ def test_source_recognises_the_layout_of_parquet_and_jsonl_files_and_saves_its_d
 
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"id": "c", "messages": [user("q"), assistant("a")]}])
     plain = ConversationSource(open_input(chats), ConversationsConfig())
-    assert plain.layout == "messages" and list(plain.iter_rows()) == [{"id": "c", "messages": [user("q"), assistant("a")]}]
+    assert plain.layout == "messages"
+    assert list(plain.iter_rows()) == [{"id": "c", "messages": [user("q"), assistant("a")]}]
     assert plain.report() == {"format": "messages"}
 
 

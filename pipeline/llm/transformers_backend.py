@@ -106,7 +106,7 @@ class TransformersBackend(Backend):
                 ends.add(ids[0])
             else:
                 stops.append(marker)
-        return self._stream(prompt, params, add_special_tokens=False, extra_eos=ends, extra_stop=stops)
+        return self._stream(prompt, params, add_special_tokens=False, extra_eos=sorted(ends), extra_stop=stops)
 
     def close(self) -> None:
         """Drop the model and free accelerator memory."""
@@ -151,7 +151,7 @@ class TransformersBackend(Backend):
         return gen
 
     def _stream(self, prompt: str, params: SamplingParams, *, add_special_tokens: bool,
-                extra_eos: set[int] = frozenset(), extra_stop: Sequence[str] = ()) -> Iterator[str]:
+                extra_eos: Sequence[int] = (), extra_stop: Sequence[str] = ()) -> Iterator[str]:
         """Generate in a thread and yield decoded text as it comes; closing the iterator stops generation."""
         import threading
 
