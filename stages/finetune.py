@@ -136,7 +136,10 @@ class FinetuneStage(WholeStage):
 
     def input_source(self, ctx, override: str | None):
         """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout."""
-        return ConversationSource(super().input_source(ctx, override), self.config.conversations)
+        inner = super().input_source(ctx, override)
+        if override is not None and override == self.configured_input():
+            inner.description = f"{override} (stages.{self.name}.conversations.dataset)"
+        return ConversationSource(inner, self.config.conversations)
 
     # -- the model and its memory ------------------------------------------------
     def model_name(self) -> str:

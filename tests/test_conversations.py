@@ -202,6 +202,7 @@ def test_finetune_reads_the_dataset_its_config_names_and_reports_the_conversion(
     assert runner.state("finetune").state == "missing"  # no upstream needed: the config names the data
     manifest = runner.run(["finetune"])[0]
     assert manifest["input"]["spec"] == str(data) and manifest["rows_in"] == 2 == manifest["rows_out"]
+    assert manifest["input"]["description"] == f"{data} (stages.finetune.conversations.dataset)"
     assert manifest["conversations"]["conversations"] == 2
     assert manifest["conversations"]["dropped"]["language"] == 3
     saved = pq.read_table(tmp_path / "work" / "finetune" / "source_dropped" / "part-00000.parquet")
