@@ -86,7 +86,8 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
     chat.add_argument("--model", metavar="PATH",
                       help="chat with this model instead (directory, .gguf, or the served name for the openai "
                       "backend); implies --chat")
-    chat.add_argument("--temperature", type=float, metavar="T", help="chat sampling temperature (default 0.2; 0 is greedy)")
+    chat.add_argument("--temperature", type=float, metavar="T",
+                      help="chat sampling temperature (default 0.2; 0 is greedy)")
     chat.add_argument("--max-tokens", type=int, metavar="N", help="chat: most new tokens per answer (default 512)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="console log level")
     return parser

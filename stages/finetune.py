@@ -89,7 +89,8 @@ class FinetuneConfig(AdapterOptions):
     use_default_system: bool = Field(
         default=True, description="Render the format's preamble when a conversation has no system turn.")
     optimizer: Literal["adafactor", "adamw_torch"] = Field(
-        default="adafactor", description="Optimizer: Adafactor, as in the paper; AdamW for recipes that used it (StarChat).")
+        default="adafactor",
+        description="Optimizer: Adafactor, as in the paper; AdamW for recipes that used it (StarChat).")
     learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
     num_epochs: float = Field(default=4.0, gt=0, description="Passes over the data.")
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")
@@ -154,7 +155,10 @@ class FinetuneStage(WholeStage):
 
     def input_source(self, ctx, override: str | None):
         """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout."""
-        return ConversationSource(super().input_source(ctx, override), self.config.conversations)
+        inner = super().input_source(ctx, override)
+        if override is not None and override == self.configured_input():
+            inner.description = f"{override} (stages.{self.name}.conversations.dataset)"
+        return ConversationSource(inner, self.config.conversations)
 
     # -- the model and its memory ------------------------------------------------
     def model_name(self) -> str:

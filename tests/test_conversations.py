@@ -173,7 +173,8 @@ def test_source_recognises_the_layout_of_parquet_and_jsonl_files_and_saves_its_d
 
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"id": "c", "messages": [user("q"), assistant("a")]}])
     plain = ConversationSource(open_input(chats), ConversationsConfig())
-    assert plain.layout == "messages" and list(plain.iter_rows()) == [{"id": "c", "messages": [user("q"), assistant("a")]}]
+    assert plain.layout == "messages"
+    assert list(plain.iter_rows()) == [{"id": "c", "messages": [user("q"), assistant("a")]}]
     assert plain.report() == {"format": "messages"}
 
 
@@ -201,8 +202,25 @@ def test_finetune_reads_the_dataset_its_config_names_and_reports_the_conversion(
     assert runner.state("finetune").state == "missing"  # no upstream needed: the config names the data
     manifest = runner.run(["finetune"])[0]
     assert manifest["input"]["spec"] == str(data) and manifest["rows_in"] == 2 == manifest["rows_out"]
+    assert manifest["input"]["description"] == f"{data} (stages.finetune.conversations.dataset)"
     assert manifest["conversations"]["conversations"] == 2
     assert manifest["conversations"]["dropped"]["language"] == 3
     saved = pq.read_table(tmp_path / "work" / "finetune" / "source_dropped" / "part-00000.parquet")
     assert saved.num_rows == len(TREES) - 6
     assert runner.state("finetune").state == "done"
+
+
+def test_a_hub_dataset_id_is_read_through_datasets(monkeypatch):
+    """The Hub cannot be reached here: ``datasets.load_dataset`` is replaced by a recorder serving our trees."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, **kwargs):
+        calls.append((name, kwargs))
+        return [dict(row) for row in TREES]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    source = ConversationSource(open_input("OpenAssistant/oasst2:validation"), ConversationsConfig(languages=["es"]))
+    assert [r["messages"] for r in source.iter_rows()] == [B_BEST]
+    assert calls[0][0] == "OpenAssistant/oasst2" and calls[0][1]["split"] == "validation"

@@ -36,9 +36,9 @@ def instruction_conversations(rows: Iterable[dict]) -> Conversion:
         if not isinstance(response, str) or not response.strip():
             out.drop(row, "empty_response")
             continue
-        context = row.get("context")
-        out.stats["with_context"] += bool(isinstance(context, str) and context.strip())
-        out.keep(row["id"], [{"role": "user", "content": user_turn(instruction, context if isinstance(context, str) else None)},
+        context = row.get("context") if isinstance(row.get("context"), str) else None
+        out.stats["with_context"] += bool(context and context.strip())
+        out.keep(row["id"], [{"role": "user", "content": user_turn(instruction, context)},
                              {"role": "assistant", "content": response.strip()}])
     out.stats["conversations"] = len(out.conversations)
     return out

@@ -11,6 +11,11 @@ agree on three rules so that stages never care which one answered:
 * an end-of-sequence token gives ``"stop"``.
 
 :func:`apply_stop` implements the cut so every backend applies it the same way.
+
+For a person waiting on an answer (``run_pipeline.py --chat``),
+:meth:`Backend.stream` and :meth:`Backend.stream_chat` yield one completion
+piece by piece under the same rules; a backend that cannot stream answers
+whole through the default implementation.
 """
 
 from __future__ import annotations
