@@ -18,7 +18,8 @@ with the same model weights twice: through the transformers backend (the GGUF
 de-quantized to float32, batched) and through the ``llamacpp`` backend (the
 GGUF served by llama.cpp with ``--parallel`` sequences decoded together). The
 two alternate group by group so both see the same load on a shared machine.
-It prints tokens/s, seconds per 100 responses, and the llama.cpp /
+It prints tokens/s, seconds per 100 responses, CPU seconds (this process for
+transformers, the server process for llama.cpp), and the llama.cpp /
 transformers ratio. Tokens are counted the same way for both (see below).
 
 Token counts: a completion that ended by length has exactly ``max_tokens``
@@ -191,29 +192,44 @@ def compare_llamacpp(args) -> None:
     group_size = max(args.batch_size, args.parallel)
     outs: dict[str, list] = {"transformers": [], "llama.cpp": []}
     wall = {"transformers": 0.0, "llama.cpp": 0.0}
+    cpu = {"transformers": 0.0, "llama.cpp": 0.0}
+    cpu_clock = {"transformers": time.process_time, "llama.cpp": lambda: _process_cpu_s(cpp.server.proc.pid)}
     for start in range(0, len(prompts), group_size):
         group = prompts[start : start + group_size]
         for name, backend in (("transformers", hf), ("llama.cpp", cpp)):
-            w = time.perf_counter()
+            w, c = time.perf_counter(), cpu_clock[name]()
             outs[name].extend(backend.generate(group, params))
             wall[name] += time.perf_counter() - w
+            cpu[name] += cpu_clock[name]() - c
     tokens = {name: count_tokens(hf, out, args.max_tokens) for name, out in outs.items()}
     same = sum(a[0].text == b[0].text for a, b in zip(outs["transformers"], outs["llama.cpp"]))
 
     print(f"model: {model}; transformers loaded in {hf_load:.1f}s ({hf.source}), "
           f"llama.cpp server started in {cpp_load:.1f}s")
     print(f"prompts: {len(prompts)}, greedy, max_tokens={args.max_tokens}; transformers: float32, batch {args.batch_size}, "
-          f"{_threads()} torch threads; llama.cpp: Q4_K_M GGUF, {args.parallel} parallel sequences, {cpp.threads} threads")
+          f"{_threads()} torch threads; llama.cpp: the GGUF as it is, {args.parallel} parallel sequences, {cpp.threads} threads")
     print(f"load average: {_loadavg()}")
-    print("               wall      tokens   tok/s    s per 100 responses")
+    print("               wall      tokens   tok/s    s per 100 responses   CPU s   tok/CPU s")
     for name in ("transformers", "llama.cpp"):
         print(f"{name:13}: {wall[name]:7.1f}s  {tokens[name]:7d}  {tokens[name] / wall[name]:6.1f}   "
-              f"{100 * wall[name] / len(prompts):8.1f}")
+              f"{100 * wall[name] / len(prompts):8.1f}              {cpu[name]:7.1f}  {_per(tokens[name], cpu[name]):>8}")
     ratio = (tokens["llama.cpp"] / wall["llama.cpp"]) / (tokens["transformers"] / wall["transformers"])
-    print(f"llama.cpp / transformers tokens/s: {ratio:.2f}x")
-    print(f"identical outputs: {same}/{len(prompts)} (different quantization of the arithmetic: Q4_K_M vs float32)")
+    cpu_ratio = (tokens["llama.cpp"] * cpu["transformers"]) / max(tokens["transformers"] * cpu["llama.cpp"], 1e-9)
+    print(f"llama.cpp / transformers tokens/s: {ratio:.2f}x (per CPU second: {cpu_ratio:.2f}x)")
+    print(f"identical outputs: {same}/{len(prompts)} (llama.cpp computes with the GGUF's quantized weights, transformers in float32)")
     cpp.close()
     hf.close()
+
+
+def _per(amount: float, seconds: float) -> str:
+    """``amount / seconds`` formatted, or 'n/a' when too little time was measured."""
+    return f"{amount / seconds:.1f}" if seconds > 0 else "n/a"
+
+
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux ``/proc``)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _common_prefix(a: str, b: str) -> str:

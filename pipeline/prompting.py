@@ -64,6 +64,8 @@ class PromptTask(ABC):
     answer_header: ClassVar[str]
     extra_stop: ClassVar[list[str]] = []
     """Stop strings besides the next example's header (e.g. the next section)."""
+    chat_reminder: ClassVar[str] = ""
+    """Chat form only: a line after the last query restating the answer's format (instruct models drift from it)."""
 
     @abstractmethod
     def query(self, row: dict) -> str:
@@ -104,7 +106,10 @@ class PromptTask(ABC):
         for example in examples:
             messages.append({"role": "user", "content": self.example_query(example).rstrip()})
             messages.append({"role": "assistant", "content": self.answer_header + self.example_answer(example).rstrip()})
-        messages.append({"role": "user", "content": self.query(row).rstrip()})
+        query = self.query(row).rstrip()
+        if self.chat_reminder:
+            query = f"{query}\n\n{self.chat_reminder}"
+        messages.append({"role": "user", "content": query})
         return messages
 
     def read_answer(self, text: str) -> dict | ParseFailure:

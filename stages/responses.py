@@ -35,6 +35,10 @@ class ResponseTask(PromptTask):
     )
     answer_header = "### Response\n"
     extra_stop = ["\n### Instruction"]  # the model starting a new example without its header
+    chat_reminder = (
+        f"Answer as in the examples: a brief explanation, the solution in one ```python block, then a "
+        f"`{TESTS_HEADER}` section with a ```python block of assert statements."
+    )
 
     def query(self, row: dict) -> str:
         return section("Instruction", row["instruction"])
@@ -75,6 +79,7 @@ class ResponsesStage(GenerationStage):
 
     name = "responses"
     title = "n responses with their own tests for each instruction (I->R)"
+    version = "2"  # chat prompts end with a reminder of the answer's format
     upstream = "instructions"
     Config = ResponsesConfig
     task = ResponseTask()

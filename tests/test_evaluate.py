@@ -315,6 +315,21 @@ def test_cli_base_only_with_input_and_no_finetune(tmp_path, tiny_model_dir):  # 
                                             "model_path": str(tiny_model_dir)}}
 
 
+def test_base_overrides_change_the_base_model_only(tmp_path):
+    """base_overrides: the base model on another engine than the generation stages (as the CPU demo does)."""
+    runner = make_runner(tmp_path, EvaluateStage, "served-name", str(tmp_path), evaluate_finetuned=False,
+                         base_overrides={"backend": "openai", "base_url": "http://127.0.0.1:1/v1"})
+    stage = runner.stage("evaluate")
+    [base] = stage.contenders(ctx=None)
+    assert (base.llm_config.backend, base.llm_config.base_url, base.model_path) == (
+        "openai", "http://127.0.0.1:1/v1", "served-name")
+    assert stage.model_config.backend == "transformers"
+    bad = make_runner(tmp_path, EvaluateStage, "m", str(tmp_path), evaluate_finetuned=False,
+                      base_overrides={"backend": "no-such-engine"})
+    with pytest.raises(PipelineError, match=r"^stages\.evaluate\.base_overrides: "):
+        bad.stage("evaluate").contenders(ctx=None)
+
+
 def test_bad_config_is_one_line(tmp_path):
     config_model = build_config_model({"evaluate": EvaluateConfig}, _model_config_class())
     path = tmp_path / "recipe.yaml"

@@ -104,6 +104,9 @@ def test_prompts_end_where_the_model_continues(bank_file):
     messages = task.chat_messages(bank.examples[:2], {"instruction": "Reverse a string."})
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert task.read_answer(messages[2]["content"])["tests"].startswith("assert add_0(1) == 1")
+    # the last turn restates the answer's format (instruct models drift from it), the examples do not
+    assert messages[-1]["content"] == "### Instruction\nReverse a string.\n\n" + task.chat_reminder
+    assert "### Tests" in task.chat_reminder and task.chat_reminder not in messages[1]["content"]
 
 
 def test_bank_sampling_is_reproducible(bank_file):

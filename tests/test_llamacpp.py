@@ -241,6 +241,8 @@ def test_repetition_penalty_changes_greedy_output(tiny_llamacpp):
 def test_a_prompt_longer_than_a_slot_is_a_one_line_error(tiny_llamacpp):
     with pytest.raises(BackendError, match=r"prompt has \d+ tokens; the context per slot is 512"):
         tiny_llamacpp.generate(["x = 1\n" * 600], SamplingParams(max_tokens=4))
+    with pytest.raises(BackendError, match=r"the prompt is empty"):
+        tiny_llamacpp.generate([""], SamplingParams(max_tokens=4))
 
 
 def test_threads_never_exceed_the_cores():

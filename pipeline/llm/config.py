@@ -91,27 +91,30 @@ class LLMConfig(BaseModel):
         "Environment variable holding the API key; unset -> 'EMPTY' (openai).", default="OPENAI_API_KEY"
     )
     max_concurrency: int = not_fingerprinted("Requests in flight at once (openai).", default=8, ge=1)
-    timeout_s: float = not_fingerprinted("Per-request timeout in seconds (openai).", default=600.0, gt=0)
+    timeout_s: float = not_fingerprinted(
+        "Per-request timeout in seconds (openai, llamacpp: a request lasts as long as its longest answer takes to "
+        "generate; raise it on a loaded CPU).", default=600.0, gt=0,
+    )
     max_retries: int = not_fingerprinted(
         "Retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors (openai).", default=3, ge=0
     )
 
     # llamacpp
-    threads: int | None = Field(
-        default=None, ge=1,
-        description="llama.cpp threads (llamacpp). Default: the cores not busy with other work when the server "
+    threads: int | None = not_fingerprinted(
+        "llama.cpp threads (llamacpp). Default: the cores not busy with other work when the server "
         "starts, at least 1. Never more than the cores: llama.cpp's threads spin and slow to a crawl when outnumbered.",
+        default=None, ge=1,
     )
     parallel: int = Field(
         default=16, ge=1,
         description="Sequences decoded together, continuous batching (llamacpp); also the requests kept in flight.",
     )
     ctx_per_slot: int = Field(default=4096, ge=64, description="Context length of each sequence: prompt plus answer (llamacpp).")
-    server_start_timeout_s: float = Field(
-        default=300.0, gt=0, description="Seconds to wait for the server to load the model and answer (llamacpp)."
+    server_start_timeout_s: float = not_fingerprinted(
+        "Seconds to wait for the server to load the model and answer (llamacpp).", default=300.0, gt=0
     )
-    server_stop_grace_s: float = Field(
-        default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when the server is stopped (llamacpp)."
+    server_stop_grace_s: float = not_fingerprinted(
+        "Seconds between SIGTERM and SIGKILL when the server is stopped (llamacpp).", default=10.0, ge=0
     )
 
     # vllm

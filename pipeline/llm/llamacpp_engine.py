@@ -188,6 +188,10 @@ class LlamaCppEngine:
         """Decode the shared prompt into the first sequence, copy it to the others, sample each first token."""
         L = self.L
         tokens = jobs[0].tokens
+        if not tokens:
+            for job in jobs:
+                self._fail(job, "the prompt is empty")
+            return
         if len(tokens) >= self.ctx_per_slot:
             for job in jobs:
                 self._fail(job, f"prompt has {len(tokens)} tokens; the context per slot is {self.ctx_per_slot}")
