@@ -28,6 +28,7 @@ def _stage_list(registry: Sequence[type[Stage] | PlannedStage]) -> str:
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage all")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage seeds -o stages.seeds.max_seeds=100")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --status")
+    lines.append("  python run_pipeline.py --score answers.jsonl --benchmark humaneval")
     return "\n".join(lines)
 
 
@@ -68,6 +69,13 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
         help="write exactly what publishing the selected (done) stages would upload into DIR",
     )
     parser.add_argument("--publish", action="store_true", help="push the selected done stages to the Hub (hub.*)")
+    parser.add_argument(
+        "--score", metavar="ANSWERS.jsonl", type=Path,
+        help="score a file of answers made anywhere (task_id and completion or solution per line) in the sandbox; "
+        "needs --benchmark",
+    )
+    parser.add_argument("--benchmark", metavar="NAME",
+                        help="with --score: humaneval, humaneval+, mbpp+, mbpp, or a benchmark file ([name=]path)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="console log level")
     return parser
 
@@ -89,7 +97,10 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     args = parser.parse_args(argv)
     if (args.shard or args.merge) and (not args.stage or args.stage == "all"):
         parser.error("--shard and --merge need --stage NAME (one stage)")
-    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report):
+    if bool(args.score) != bool(args.benchmark):
+        parser.error("--score and --benchmark go together: --score ANSWERS.jsonl --benchmark NAME")
+    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report
+            or args.score):
         parser.print_help()
         return 0
     from pipeline.runner import Runner
@@ -103,6 +114,8 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
         if args.status:
             print(run_summary(runner.states()))
             return 0
+        if args.score:
+            return _score(args, config)
         names = runner.select(args.stage, args.start, args.end)
         log_path = setup_logging(config.run.work_dir, args.log_level)
         log = logging.getLogger("pipeline")
@@ -139,6 +152,21 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted: every committed batch is kept; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _score(args, config) -> int:
+    """``--score``: the answers file's scores on the benchmark, printed (settings from stages.evaluate)."""
+    from pipeline.benchmarks.scoring import score_answers, score_lines
+
+    settings = getattr(config.stages, "evaluate", None)
+    if settings is None:
+        from pipeline.benchmarks.settings import EvaluateConfig
+
+        settings = EvaluateConfig()
+    setup_logging(config.run.work_dir, args.log_level)
+    outcome = score_answers(args.score, args.benchmark, settings, Path(config.run.work_dir))
+    print("\n".join(score_lines(outcome)))
+    return 0
 
 
 def _model_config_class():
