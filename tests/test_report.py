@@ -154,13 +154,20 @@ def fill_downstream(runner) -> None:
     problems = [f"HumanEval/{i}" for i in range(12)]
     passed = {"base": {0, 2, 5, 7}, "finetuned": {0, 1, 2, 5, 7, 9}}
     paths = {"base": "gemma-3-270m", "finetuned": str(finetune.dir / "model")}
-    rows = [{"id": f"{m}-{t}", "model": m, "model_path": paths[m], "task_id": t, "prompt_format": "completion",
-             "completion": f"    return sorted(set(numbers))[{i}]\n", "finish_reason": "stop",
-             "status": "passed" if i in passed[m] else "failed", "passed": i in passed[m], "duration_s": 0.02,
-             "stderr": "" if i in passed[m] else "AssertionError"} for m in passed for i, t in enumerate(problems)]
-    results = {m: {"pass@1": round(len(p) / len(problems), 4), "passed": len(p), "total": len(problems),
-                   "prompt_format": "completion", "model_path": paths[m]} for m, p in passed.items()}
-    write_stage(runner, "evaluate", [(rows, [])], {}, results=results)
+    rows = [{"id": f"{m}-{t}", "model": m, "model_path": paths[m], "benchmark": "humaneval", "task_id": t,
+             "prompt_format": "completion", "completion": f"    return sorted(set(numbers))[{i}]\n",
+             "finish_reason": "stop", "status": "passed" if i in passed[m] else "failed", "passed": i in passed[m],
+             "duration_s": 0.02, "stderr": "" if i in passed[m] else "AssertionError"}
+            for m in passed for i, t in enumerate(problems)]
+    results = {"humaneval": {m: {"base": {"pass@1": round(len(p) / len(problems), 4),
+                                          "pass@5": round(min(1.0, 1.5 * len(p) / len(problems)), 4),
+                                          "passed": len(p), "total": len(problems)}} for m, p in passed.items()}}
+    models = {m: {"prompt_format": "completion", "model_path": paths[m]} for m in passed}
+    flipped = {"humaneval": {"from": "base", "to": "finetuned", "gained": ["HumanEval/1", "HumanEval/9"], "lost": []}}
+    judge = {"win": 5, "tie": 2, "loss": 1, "invalid": 0, "first": "base", "second": "finetuned",
+             "judge_model": "a-strong-model", "rows": "judge.jsonl"}
+    write_stage(runner, "evaluate", [(rows, [])], {}, results=results, models=models, flipped=flipped,
+                judge=judge)
 
 
 def build_work_dir(root: Path, corpus: Path) -> Path:
@@ -222,8 +229,11 @@ def test_page_content(report_run, report_recipe):
     for reason in ("not_passed", "extra_response", "near_duplicate", "no_tests", "truncated", "unparsable"):
         assert f"<code>{reason}</code>" in drops
     evaluation = page.split('id="evaluation"')[1].split("</section>")[0]
-    assert "<b>finetuned</b></td><td class=num>50.0</td>" in evaluation
+    assert ("<b>humaneval</b></td><td class=num>33.3 <small>(4/12)</small></td>"
+            "<td class=num>50.0 <small>(6/12)</small></td>") in evaluation
     assert "+16.7 points" in evaluation and "HumanEval/1" in evaluation and "HumanEval/3" not in evaluation
+    assert 'id="pass-at-k"' in evaluation and "polyline" in evaluation, "the pass@k curve"
+    assert "solved by finetuned only (2)" in evaluation and "Judged by a-strong-model" in evaluation
     loss = page.split('id="loss"')[1].split("</section>")[0]
     assert 'id="loss-curve"' in loss and "final_loss" in loss and "global_step" in loss
     samples = page.split('id="samples"')[1]
