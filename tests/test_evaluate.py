@@ -476,3 +476,34 @@ def test_after_the_real_finetune_stage_and_stale_when_retrained(tmp_path, tiny_m
     assert run_cli("--config", str(path), "--stage", "finetune", "--input", str(conversations), "--force").returncode == 0
     status = run_cli("--config", str(path), "--status").stdout
     assert next(line for line in status.splitlines() if line.startswith("evaluate")).split()[1] == "stale"
+
+
+class RealJudgeEvaluate(ReplayEvaluate):
+    """Replayed contenders, and a real judge: the small local model through the transformers backend."""
+
+    def open_backend(self, llm_config):
+        if llm_config.model == "gemma3-270m-gguf":
+            return EvaluateStage.open_backend(self, llm_config)
+        return super().open_backend(llm_config)
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_judged_comparison_with_the_small_local_model_as_judge(tmp_path):
+    """Gemma 3 270M (PyPI package) judges two requests through the real transformers backend, both orders."""
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"id": f"r{i}", "request": text}) + "\n" for i, text in enumerate(
+        ["Write a Python function that returns the larger of two numbers.", "Reverse a string in Python."])))
+    model_dir = tmp_path / "ft-model"
+    model_dir.mkdir()
+    judge = {"enabled": True, "requests": str(requests), "judge_max_tokens": 40,
+             "judge": {"model": "gemma3-270m-gguf", "batch_size": 4}}
+    runner = make_runner(tmp_path, RealJudgeEvaluate, "base-model", str(model_dir), limit=1, judge=judge)
+    [_, manifest] = runner.run(["finetune", "evaluate"])
+    tally = {k: manifest["judge"][k] for k in OUTCOMES}
+    assert sum(tally.values()) == 2 and manifest["judge"]["judge_model"] == "gemma3-270m-gguf"
+    rows = [json.loads(line) for line in (tmp_path / "work" / "evaluate" / "judge.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["r0", "r1"]
+    assert all(r["reply_in_order"].strip() and r["reply_swapped"].strip() for r in rows), "the judge answered"
+    assert all(r["outcome"] in OUTCOMES for r in rows)
+    assert all(r["first_answer"] == "I am not sure." and r["second_answer"].startswith("def answer") for r in rows)

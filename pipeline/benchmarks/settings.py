@@ -23,7 +23,8 @@ class EvaluateConfig(StageConfig):
     benchmark_files: dict[str, str] = Field(default_factory=dict, description=(
         "Local path (or URL) per built-in benchmark name, for machines the release files cannot be downloaded on."))
     models: list[ModelEntry] = Field(default_factory=list, description=(
-        "Models side by side (model, label, prompt_format, settings); empty: base and/or finetuned as below."))
+        "Models side by side, each {model: base | finetuned | directory | alias | Hub id | served name, label, "
+        "prompt_format: auto | completion | chat, settings: {model-section fields}}; empty: base and/or finetuned."))
     evaluate_base: bool = Field(default=True, description="Without `models`: evaluate the base model (the `model` section).")
     evaluate_finetuned: bool = Field(default=True, description="Without `models`: evaluate the finetune stage's model.")
     prompt_format: Literal["auto", "completion", "chat"] = Field(default="auto", description=(
@@ -38,9 +39,9 @@ class EvaluateConfig(StageConfig):
     max_tokens: int = Field(default=512, ge=1, description="Most new tokens per answer.")
     limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N problems of each benchmark.")
     task_ids: list[str] | None = Field(default=None, description="Evaluate only these problems, e.g. [HumanEval/0].")
-    time_limit_factor: float = Field(default=4.0, gt=0, description="An answer's time limit: this times the reference's runtime...")
-    time_limit_floor_s: float = Field(default=4.0, gt=0, description="...but at least this many seconds.")
-    reference_timeout_s: float = Field(default=60.0, gt=0, description="Time limit of the reference solutions' runs.")
+    time_limit_factor: float = Field(default=4.0, gt=0, description="An answer's time limit is this times its reference solution's runtime (EvalPlus style), ...")
+    time_limit_floor_s: float = Field(default=4.0, gt=0, description="... but never less than this many seconds.")
+    reference_timeout_s: float = Field(default=60.0, gt=0, description="Time limit of the runs that measure the reference solutions.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="The sandbox's image, pool and limits.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The optional judged comparison of two models.")
     log_failures: int = not_fingerprinted("How many unsolved task ids to list per model in the log.", default=10, ge=0)

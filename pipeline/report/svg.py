@@ -77,10 +77,12 @@ class Series:
     points: list[tuple[float, float]]
 
 
-def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, width: int = 520,
+def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, plot_width: int = 360,
                height: int = 260, y_max: float = 100.0) -> str:
     """An inline ``<svg>`` line chart with dots, x ticks at the points' x values, and a legend on the right."""
-    left, right, top, bottom = 48.0, 150.0, 16.0, 40.0
+    left, top, bottom = 48.0, 16.0, 40.0
+    right = 40 + max((_text_width(s.label) for s in series), default=0.0)
+    width = round(left + plot_width + right)
     xs = sorted({x for s in series for x, _ in s.points})
     lo, hi = (xs[0], xs[-1]) if xs else (0.0, 1.0)
     span = (hi - lo) or 1.0
