@@ -243,3 +243,38 @@ def test_score_cli_humaneval_canonical_164_and_empty_0(tmp_path):
     assert ok.returncode == 0 and "humaneval (base tests): 164/164 solved  pass@1 100.0%" in ok.stdout, ok.stderr
     bad = run_cli("--config", str(recipe), "--score", str(empty), "--benchmark", "humaneval")
     assert bad.returncode == 0 and "humaneval (base tests): 0/164 solved  pass@1 0.0%" in bad.stdout, bad.stderr
+
+
+# -- the models compared -------------------------------------------------------------------
+def test_model_entries_resolve_to_contenders(tmp_path):
+    from pipeline.benchmarks.contenders import ModelEntry, resolve
+    from pipeline.llm import LLMConfig
+
+    base = LLMConfig(backend="transformers", model="/models/base", device="cpu", batch_size=4)
+    chat_dir = tmp_path / "sft"
+    chat_dir.mkdir()
+    (chat_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    calls = []
+
+    def finetuned():
+        calls.append(1)
+        return tmp_path / "ft"
+
+    got = {e.model: resolve(e, base, finetuned, LLMConfig) for e in [
+        ModelEntry(model="base"), ModelEntry(model="finetuned"), ModelEntry(model="gemma3-270m-gguf"),
+        ModelEntry(model="bigcode/starcoder2-3b", prompt_format="chat"), ModelEntry(model=str(chat_dir)),
+        ModelEntry(model="served", label="remote", settings={"backend": "openai", "base_url": "http://h:1/v1"})]}
+    assert (got["base"].label, got["base"].prompt_format, got["base"].model_path) == ("base", "completion", "/models/base")
+    assert got["finetuned"].llm_config.model == str(tmp_path / "ft") and got["finetuned"].prompt_format == "chat"
+    assert calls == [1], "the finetune stage is asked only for the finetuned entry"
+    alias = got["gemma3-270m-gguf"]
+    assert alias.llm_config.model == "gemma3-270m-gguf" and alias.prompt_format == "completion"
+    assert alias.llm_config.batch_size == 4 and alias.llm_config.tokenizer is None, "other settings come from the recipe"
+    assert got["bigcode/starcoder2-3b"].label == "starcoder2-3b" and got["bigcode/starcoder2-3b"].prompt_format == "chat"
+    assert got[str(chat_dir)].prompt_format == "chat", "a directory with a chat template is chatted with"
+    remote = got["served"]
+    assert (remote.label, remote.prompt_format, remote.llm_config.base_url) == ("remote", "chat", "http://h:1/v1")
+    with pytest.raises(PipelineError, match=r"models \(x\): backend"):
+        resolve(ModelEntry(model="x", settings={"backend": "nope"}), base, finetuned, LLMConfig)
+    with pytest.raises(PipelineError, match="'base' needs a model section"):
+        resolve(ModelEntry(model="base"), None, finetuned, LLMConfig)

@@ -490,13 +490,14 @@ class RealJudgeEvaluate(ReplayEvaluate):
 @pytest.mark.slow
 @pytest.mark.docker
 def test_judged_comparison_with_the_small_local_model_as_judge(tmp_path):
-    """Gemma 3 270M (PyPI package) judges two requests through the real transformers backend, both orders."""
+    """Gemma 3 270M (PyPI package, a base model: plain-text judge prompts) judges two requests through the real
+    transformers backend, in both orders."""
     requests = tmp_path / "requests.jsonl"
     requests.write_text("".join(json.dumps({"id": f"r{i}", "request": text}) + "\n" for i, text in enumerate(
         ["Write a Python function that returns the larger of two numbers.", "Reverse a string in Python."])))
     model_dir = tmp_path / "ft-model"
     model_dir.mkdir()
-    judge = {"enabled": True, "requests": str(requests), "judge_max_tokens": 40,
+    judge = {"enabled": True, "requests": str(requests), "judge_max_tokens": 40, "prompt_format": "completion",
              "judge": {"model": "gemma3-270m-gguf", "batch_size": 4}}
     runner = make_runner(tmp_path, RealJudgeEvaluate, "base-model", str(model_dir), limit=1, judge=judge)
     [_, manifest] = runner.run(["finetune", "evaluate"])

@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,6 +70,11 @@ def judge_messages(rubric: str, request: str, first: str, second: str) -> list[d
     return [{"role": "system", "content": rubric}, {"role": "user", "content": user}]
 
 
+def judge_text(messages: list[dict[str, str]]) -> str:
+    """The judge's conversation as one plain-text prompt, for a judge without a chat template."""
+    return "\n\n".join(m["content"] for m in messages) + "\n\nReview:\n"
+
+
 def parse_verdict(reply: str) -> str | None:
     """``"1"``, ``"2"`` or ``"tie"`` from the last verdict line of a judge's reply; None when there is none."""
     found = VERDICT.findall(reply)
@@ -109,14 +114,21 @@ class Judgement:
 
 
 def judge_pairs(backend, params, rubric: str, requests: list[dict], first: tuple[str, dict[str, str]],
-                second: tuple[str, dict[str, str]]) -> list[Judgement]:
-    """Ask ``backend`` about every request in both orders; ``first``/``second`` are (label, answers by id)."""
+                second: tuple[str, dict[str, str]], prompt_format: str = "chat") -> list[Judgement]:
+    """Ask ``backend`` about every request in both orders; ``first``/``second`` are (label, answers by id).
+
+    ``prompt_format`` ``completion`` sends each conversation as plain text (:func:`judge_text`).
+    """
     (a_label, a_answers), (b_label, b_answers) = first, second
     conversations = []
     for r in requests:
         a, b = a_answers[r["id"]], b_answers[r["id"]]
         conversations += [judge_messages(rubric, r["request"], a, b), judge_messages(rubric, r["request"], b, a)]
-    replies = [out[0].text for out in backend.generate_chat(conversations, params)]
+    if prompt_format == "completion":
+        outputs = backend.generate([judge_text(c) for c in conversations], params)
+    else:
+        outputs = backend.generate_chat(conversations, params)
+    replies = [out[0].text for out in outputs]
     judgements = []
     for i, r in enumerate(requests):
         in_order, swapped = replies[2 * i], replies[2 * i + 1]
@@ -142,6 +154,9 @@ class JudgeConfig(BaseModel):
     rubric: str = Field(default="configs/judge/rubric.md", description="The written rubric the judge is given.")
     models: list[str] = Field(default_factory=lambda: ["base", "finetuned"], min_length=2, max_length=2,
                               description="The two model labels compared; wins are counted for the second.")
+    prompt_format: Literal["chat", "completion"] = Field(
+        default="chat", description="chat: the judge's chat template; completion: rubric, request and answers as "
+        "plain text (a judge without a chat template).")
     judge: dict[str, Any] = Field(default_factory=dict,
                                   description="Model-section fields of the judge (backend, model, base_url, ...); "
                                   "empty: the recipe's model section judges.")

@@ -120,7 +120,7 @@ def judged_comparison(stage, report: EvaluationReport, folder: Path) -> dict:
                    second, len(requests))
     with stage.open_backend(judge_config) as backend:
         judgements = judge_pairs(backend, params, rubric, requests, (first, report.judge_answers[first]),
-                                 (second, report.judge_answers[second]))
+                                 (second, report.judge_answers[second]), settings.prompt_format)
     text = "".join(json.dumps(j.to_dict()) + "\n" for j in judgements)
     atomic_write_bytes(Path(folder) / JUDGE_FILE, text.encode("utf-8"))
     counts = tally(judgements)
