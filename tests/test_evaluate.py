@@ -507,4 +507,4 @@ def test_judged_comparison_with_the_small_local_model_as_judge(tmp_path):
     assert [r["id"] for r in rows] == ["r0", "r1"]
     assert all(r["reply_in_order"].strip() and r["reply_swapped"].strip() for r in rows), "the judge answered"
     assert all(r["outcome"] in OUTCOMES for r in rows)
-    assert all(r["first_answer"] == "I am not sure." and r["second_answer"].startswith("def answer") for r in rows)
+    assert all(r["first_answer"] == "I am not sure." and "def answer" in r["second_answer"] for r in rows)

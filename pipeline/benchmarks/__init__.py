@@ -12,4 +12,6 @@
 - :mod:`.judge`        a model as judge, both orders, a written rubric
 - :mod:`.scoring`      ``--score ANSWERS.jsonl --benchmark NAME``
 - :mod:`.source`       benchmarks as a stage input
+- :mod:`.settings`     the evaluate stage's config
+- :mod:`.summary`      the stage's manifest fields (results, flips, judge) and its log table
 """

@@ -117,7 +117,7 @@ class Harness:
         return found
 
     def score(self, benchmark: Benchmark, answers: Iterable[Answer],
-              on_verdict: Callable[[object], None] | None = None) -> list[Scored]:
+              on_verdict: Callable[[object], object] | None = None) -> list[Scored]:
         """Run each answer with each suite of its problem; results in the order of ``answers``."""
         problems = benchmark.by_id()
         answers = [a for a in answers if a.task_id in problems]

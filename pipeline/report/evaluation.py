@@ -101,7 +101,8 @@ def flips(view: StageView) -> str:
             continue
         cells = []
         for key, word in (("gained", "solved by {to} only"), ("lost", "solved by {frm} only")):
-            tasks = flip.get(key) if isinstance(flip.get(key), list) else []
+            found_tasks = flip.get(key)
+            tasks: list = found_tasks if isinstance(found_tasks, list) else []
             title = word.format(to=flip.get("to"), frm=flip.get("from"))
             more = note(f"… and {len(tasks) - MAX_FLIPS} more.") if len(tasks) > MAX_FLIPS else ""
             listed = ", ".join(f"<code>{esc(t)}</code>" for t in tasks[:MAX_FLIPS]) or "none"
@@ -135,9 +136,9 @@ def delta(rows, models: list[str]) -> str:
     return note(f"Change from {a} to {b}: " + "; ".join(parts) + ".", "note delta") if parts else ""
 
 
-def evaluation_section(view: StageView | None, per_problem=None) -> str:
+def evaluation_section(view: StageView, per_problem=None) -> str:
     """The whole section; ``per_problem(view, models)`` draws flips from rows for old manifests."""
-    results = normalize(view.get("results") if view else None)
+    results = normalize(view.get("results"))
     if not results:
         return note("The evaluate manifest holds no results.")
     models, rows = models_of(results), score_rows(results)
