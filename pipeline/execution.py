@@ -7,11 +7,14 @@ The verdict cache is a SQLite file, ``work_dir/cache/verdicts.sqlite``, keyed
 by the hash of the program and of the sandbox limits that can change a
 verdict (timeouts, memory, output caps, the image). It lives outside every
 stage's folder, so rerunning a stage (``--force``, a changed upstream) or
-resuming a crashed one executes no program twice.
+resuming a crashed one executes no program twice. Only verdicts about the
+program are cached: ``error`` (the sandbox's own fault: a container that died
+twice, a worker that broke its protocol) is not, so the next run retries it.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from pipeline.errors import PipelineError
+from pipeline.preflight import FAIL, OK, WARN, Check
 from pipeline.prompting import python_blocks
 
 log = logging.getLogger("pipeline.execution")
@@ -30,14 +34,64 @@ VERDICT_LIMITS = (
     "file_size_mb", "open_files", "output_limit_kb", "user", "image",
 )
 
+#: The status of a verdict about the sandbox rather than the program: never cached, retried on the next run.
+SANDBOX_FAULT = "error"
 
-def build_program(response: str, tests: str) -> str:
+
+def build_program(response: str, tests: str, drop_stdin_main: bool = False) -> str:
     """The program that checks a response: its fenced Python blocks in order, a blank line, then its tests.
 
     Blocks tagged ``python``, ``py``, ``python3`` or untagged count; prose outside the fences is left out.
+    With ``drop_stdin_main``, a main block that reads standard input is cut (see :func:`without_stdin_main`).
     """
     code = "\n\n".join(block.rstrip() for block in python_blocks(response))
+    if drop_stdin_main:
+        code = without_stdin_main(code)
     return f"{code}\n\n{tests.rstrip()}\n"
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """Whether ``node`` is ``if __name__ == "__main__":`` (either side of the ``==``)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.ops) != 1:
+        return False
+    if not isinstance(node.test.ops[0], ast.Eq):
+        return False
+    sides = [node.test.left, *node.test.comparators]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    texts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and texts == ["__main__"]
+
+
+def _reads_stdin(node: ast.AST) -> bool:
+    """Whether the code under ``node`` calls ``input()`` or touches ``sys.stdin`` / ``fileinput``."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "input":
+            return True
+        if isinstance(sub, ast.Attribute) and sub.attr == "stdin":
+            return True
+        if isinstance(sub, ast.Name) and sub.id in ("stdin", "fileinput"):
+            return True
+    return False
+
+
+def without_stdin_main(code: str) -> str:
+    """``code`` without its top-level ``if __name__ == "__main__":`` blocks that read standard input.
+
+    The sandbox gives a program no input, so such a block would wait or fail before the tests run; as
+    in the published execution filter, the program runs without it. Code that does not parse is
+    returned unchanged (it fails in the sandbox with its own error).
+    """
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    cut = [node for node in tree.body if _is_main_guard(node) and _reads_stdin(node)]
+    if not cut:
+        return code
+    lines = code.split("\n")
+    for node in reversed(cut):
+        del lines[node.lineno - 1 : node.end_lineno]
+    return "\n".join(lines).rstrip()
 
 
 def program_hash(program: str) -> str:
@@ -72,7 +126,7 @@ class VerdictCache:
         self.db.commit()
 
     def get_many(self, hashes: Iterable[str]) -> dict[str, dict]:
-        """The cached verdicts among ``hashes``."""
+        """The cached verdicts among ``hashes`` (a sandbox fault stored by an older version is not served)."""
         found: dict[str, dict] = {}
         wanted = list(dict.fromkeys(hashes))
         for start in range(0, len(wanted), 500):
@@ -80,11 +134,15 @@ class VerdictCache:
             marks = ",".join("?" * len(chunk))
             query = f"SELECT program, verdict FROM verdicts WHERE limits = ? AND program IN ({marks})"
             for program, verdict in self.db.execute(query, [self.limits, *chunk]):
-                found[program] = json.loads(verdict)
+                row = json.loads(verdict)
+                if row.get("status") != SANDBOX_FAULT:
+                    found[program] = row
         return found
 
     def put(self, program: str, verdict: dict) -> None:
-        """Store one verdict at once (committed, so a crash right after keeps it)."""
+        """Store one verdict at once (committed, so a crash right after keeps it); a sandbox fault is not stored."""
+        if verdict.get("status") == SANDBOX_FAULT:
+            return
         self.db.execute(
             "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)", (program, self.limits, json.dumps(verdict))
         )
@@ -181,3 +239,38 @@ class SandboxSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sandbox_preflight(stage: str, key: str, sandbox_config: Any) -> list[Check]:
+    """Preflight checks of the sandbox a stage runs programs in: the Docker engine answers, the image is there.
+
+    ``key`` is the config path of the sandbox section (e.g. ``stages.execute.sandbox``). A missing image that
+    the stage would build itself (the default tag) is a warning; a named image that is missing is a failure.
+    """
+    from sandbox import SandboxUnavailable, image_tag
+    from sandbox.engine import connect
+    from sandbox.image import image_exists
+
+    try:
+        client = connect(sandbox_config.docker_url, timeout=15)
+    except SandboxUnavailable as exc:
+        return [Check(stage, "Docker engine", "not reachable", sandbox_config.docker_url or "default socket", FAIL,
+                      f"{stage}: {key}: {exc}")]
+    checks = [Check(stage, "Docker engine", "answers", sandbox_config.docker_url or "default socket", OK)]
+    default = image_tag()
+    tag = sandbox_config.image or default
+    try:
+        present = image_exists(client, tag)
+    finally:
+        client.close()
+    if present:
+        checks.append(Check(stage, "sandbox image", "present", tag, OK))
+    elif tag != default:
+        checks.append(Check(stage, "sandbox image", "missing", tag, FAIL,
+                            f"{stage}: {key}.image {tag} not found in the Docker engine "
+                            "(build it, or set it to null to build the default)"))
+    else:
+        checks.append(Check(stage, "sandbox image", "missing: built when the stage starts", tag, WARN,
+                            f"{stage}: sandbox image {tag} is missing; the stage builds it first "
+                            f"({key}.build: {sandbox_config.build}), which takes minutes"))
+    return checks

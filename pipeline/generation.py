@@ -16,18 +16,33 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.config import ExistingFile, StageConfig, not_fingerprinted
 from pipeline.errors import PipelineError
-from pipeline.fewshot import DEFAULT_BANK, FewShotBank, load_bank
+from pipeline.fewshot import DEFAULT_BANK, FewShotBank, FewShotExample, load_bank
 from pipeline.ids import stable_id
+from pipeline.preflight import FAIL, Check, PreflightContext, RowEstimate
 from pipeline.prompting import ParseFailure, PromptTask
 from pipeline.stage import BatchResult, MapStage
+
+PREFLIGHT_SAMPLE = 64
+"""Upstream rows (the longest) whose prompts ``--preflight`` renders."""
+
+
+def example_as_row(example: FewShotExample) -> dict:
+    """A bank example standing in for an input row of any generation stage (it carries every step's fields)."""
+    return {"id": example.id, "seed_id": example.id, "code": example.seed, "concepts": list(example.concepts),
+            "instruction": example.instruction}
+
+
+def prompt_chars(prompt: Any) -> int:
+    """The length of a prompt in characters: its text, or its messages' contents."""
+    return len(prompt) if isinstance(prompt, str) else sum(len(m["content"]) for m in prompt)
 
 
 class GenerationConfig(StageConfig):
     """Settings every generation stage accepts."""
 
-    fewshot_file: Path = not_fingerprinted(
+    fewshot_file: ExistingFile = not_fingerprinted(
         "The few-shot example bank (YAML); its content, not its path, is part of the fingerprint.", default=DEFAULT_BANK
     )
     fewshot_k: int = Field(default=8, ge=0, description="Bank examples shown before each query.")
@@ -40,7 +55,9 @@ class GenerationConfig(StageConfig):
         description="completion: few-shot text for a base model; chat: the same task as chat turns for an instruct model.",
     )
     n: int = Field(default=1, ge=1, description="Completions per prompt.")
-    temperature: float = Field(default=0.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    temperature: float = Field(
+        default=0.7, ge=0, description="Sampling temperature (0.7 at every generation step, as published); 0 is greedy."
+    )
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(default=512, ge=1, description="Most new tokens per completion.")
     repetition_penalty: float = Field(
@@ -101,11 +118,52 @@ class GenerationStage(MapStage):
 
     def build_prompt(self, row: dict):
         """The completion prompt (text) or chat messages for one row."""
-        examples = self.prompt_examples(row)
+        return self.render(self.prompt_examples(row), row)
+
+    def render(self, examples: list[FewShotExample], row: dict):
+        """The prompt showing ``examples`` and then ``row``'s query, in the configured mode."""
         query = self.query_row(row)
         if self.config.mode == "chat":
             return self.task.chat_messages(examples, query)
         return self.task.completion_prompt(examples, query)
+
+    # -- preflight ------------------------------------------------------------
+    def preflight_rows(self, rows_in: RowEstimate) -> RowEstimate:
+        """Each input row gives at most ``n`` output rows."""
+        return rows_in.times(self.config.n, f"{self.name}.n")
+
+    def preflight_prompts(self, ctx: PreflightContext) -> tuple[list, str]:
+        """Real prompts to measure, and where they came from.
+
+        The longest upstream rows in the work dir when there are any, else the
+        bank's examples standing in as queries; each with the k examples its id
+        draws, plus the worst draw: the longest query shown with the k longest
+        examples the bank can draw (any row of a long run may draw them).
+        """
+        rows = ctx.sample_rows(self.upstream, list(self.input_columns), PREFLIGHT_SAMPLE) if self.upstream else []
+        where = f"{len(rows)} longest {self.upstream} rows"
+        if not rows:
+            rows = [example_as_row(e) for e in self.bank.examples]
+            where = f"{len(rows)} bank examples as queries"
+        prompts = [self.build_prompt(row) for row in rows]
+        cfg = self.config
+        pool = self.bank.sample(len(self.bank.examples), 0, max_chars=cfg.fewshot_max_chars)
+        longest = sorted(pool, key=lambda e: -len(self.task.example_query(e) + self.task.example_answer(e)))
+        worst = max((self.render(longest[: cfg.fewshot_k], row) for row in rows), key=prompt_chars)
+        return [*prompts, worst], f"{where} + worst draw of {cfg.fewshot_k}"
+
+    def preflight_checks(self, ctx: PreflightContext) -> list[Check]:
+        """The longest prompt plus max_tokens against the context, and the stage's generation budget."""
+        from pipeline.prompt_budget import prompt_checks
+
+        try:
+            prompts, where = self.preflight_prompts(ctx)
+        except PipelineError as exc:
+            return [Check(self.name, "few-shot bank", "unusable", str(self.config.fewshot_file), FAIL,
+                          f"{self.name}: {exc}")]
+        return prompt_checks(ctx, self.name, self.model_config, prompts, max_tokens=self.config.max_tokens,
+                             max_tokens_key=f"stages.{self.name}.max_tokens", n=self.config.n,
+                             rows=ctx.rows_in(self.name), sample=where)
 
     def sampling(self, rows: list[dict]):
         """Sampling parameters for a batch; the seed depends on the run seed and the batch's rows."""

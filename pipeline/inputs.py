@@ -1,9 +1,12 @@
 """Where a stage's input rows come from: its upstream stage's store, or ``--input``.
 
 ``--input`` accepts a Parquet file, a JSONL file, a folder of either (read in
-name order), or a Hub dataset id (``owner/name``, optionally ``owner/name@revision``
-and ``:split``). Rows without an ``id`` column get one derived from their content,
-so a user's own data can enter the pipeline at any stage.
+name order), a stage's output folder (``work_dir/<stage>``: its kept parts only,
+not its manifest, run records or ``dropped/``), or a Hub dataset id (``owner/name``,
+optionally ``owner/name@revision`` and ``:split``). Rows without an ``id`` column
+get one derived from their content, so a user's own data can enter the pipeline at
+any stage. Local files are checked whole before the first batch runs: every JSONL
+line must be UTF-8 JSON holding the stage's required columns.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.ids import stable_id
-from pipeline.store import StageStore
+from pipeline.store import MANIFEST, RUN_FILE, StageStore
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?(:[\w.-]+)?$")
@@ -55,6 +58,10 @@ class InputSource(ABC):
     def count(self) -> int | None:
         """Number of rows when cheaply known (for progress bars)."""
         return None
+
+    def is_empty(self) -> bool:
+        """Whether the input holds no rows at all (reads at most one row)."""
+        return next(iter(self.iter_rows()), None) is None
 
     def require(self, needed: list[str], stage: str) -> None:
         """Fail with a one-line error naming the missing columns, before any work starts."""
@@ -101,7 +108,12 @@ class FileSource(InputSource):
 
     def __init__(self, path: Path):
         self.path = path
-        if path.is_dir():
+        self.description = f"--input {path}"
+        self._rows: int | None = None
+        if path.is_dir() and ((path / MANIFEST).is_file() or (path / RUN_FILE).is_file()):
+            self.files = StageStore(path.parent, path.name).part_paths()  # a stage's output: its kept rows
+            self.description = f"--input {path} (kept rows of a stage's output)"
+        elif path.is_dir():
             self.files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
             if not self.files:
                 raise InputError(f"--input {path}: the folder holds no .parquet or .jsonl files")
@@ -109,18 +121,37 @@ class FileSource(InputSource):
             if path.suffix not in DATA_SUFFIXES:
                 raise InputError(f"--input {path}: expected a .parquet or .jsonl file (or a folder of them)")
             self.files = [path]
-        self.description = f"--input {path}"
 
     def columns(self) -> list[str]:
+        if not self.files:
+            return []
         first = self.files[0]
         if first.suffix == ".parquet":
-            try:
-                return list(pq.read_schema(first).names)
-            except Exception as exc:
-                raise InputError(f"{first}: not a readable Parquet file ({type(exc).__name__})") from None
+            return _parquet_columns(first)
         for _, row in _jsonl_rows(first):
             return list(row)
         return []
+
+    def require(self, needed: list[str], stage: str) -> None:
+        """Check every file whole before any work: each Parquet schema, and each JSONL line and its columns."""
+        needed = [c for c in needed if c != "id"]
+        rows = 0
+        for path in self.files:
+            if path.suffix == ".parquet":
+                have = _parquet_columns(path)
+                missing = [c for c in needed if c not in have]
+                if missing:
+                    raise InputError(f"{path}: missing required column(s) {', '.join(missing)} for stage {stage} "
+                                     f"(has: {', '.join(c for c in have if c != 'id') or 'nothing'})")
+                rows += pq.read_metadata(path).num_rows
+                continue
+            for lineno, row in _jsonl_rows(path):
+                missing = [c for c in needed if c not in row]
+                if missing:
+                    raise InputError(f"{path}: line {lineno}: the row lacks required column(s) {', '.join(missing)} "
+                                     f"for stage {stage}")
+                rows += 1
+        self._rows = rows
 
     def iter_rows(self) -> Iterator[dict]:
         for path in self.files:
@@ -147,23 +178,44 @@ class FileSource(InputSource):
         return h.hexdigest()[:16]
 
     def count(self) -> int | None:
+        if self._rows is not None:
+            return self._rows
         if all(p.suffix == ".parquet" for p in self.files):
             return sum(pq.read_metadata(p).num_rows for p in self.files)
         return None
 
+    def is_empty(self) -> bool:
+        return self.count() == 0 if self.count() is not None else super().is_empty()
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    """The column names of a Parquet file; an unreadable file is a one-line error naming it."""
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a bad line is an error naming file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    """(line number, object) for each non-blank line; a bad line is an error naming file, line and column."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}: line {lineno}, column {exc.start + 1}: not UTF-8 text (byte "
+                                 f"0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except ValueError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise InputError(f"{path}: line {lineno}, column {exc.colno}: not valid JSON: {exc.msg}") from None
             if not isinstance(obj, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object per line")
+                raise InputError(f"{path}: line {lineno}: expected one JSON object per line, got "
+                                 f"{type(obj).__name__}")
             yield lineno, obj
 
 

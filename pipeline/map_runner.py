@@ -10,8 +10,10 @@ in input order, so the committed parts are always a prefix of the batches
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Iterator
 
 from pipeline.context import StageContext
@@ -22,6 +24,7 @@ from pipeline.stage import MapStage
 from pipeline.store import CommitLog
 
 LIMIT_REASON = "over_limit"
+DUPLICATE_REASON = "duplicate_input_id"
 
 
 def shard_of(row_id: str, count: int) -> int:
@@ -30,35 +33,46 @@ def shard_of(row_id: str, count: int) -> int:
 
 
 def _batches(
-    source: InputSource, size: int, done: set[str], bar, duplicates: Counter, shard: tuple[int, int] | None = None
-) -> Iterator[list[dict]]:
-    """Chunks of not-yet-committed rows (of this shard); duplicate ids after the first are counted and skipped."""
+    source: InputSource, size: int, done: set[str], bar, shard: tuple[int, int] | None = None
+) -> Iterator[tuple[list[dict], list[dict]]]:
+    """``(rows to run, repeated rows)`` per chunk of ``size`` distinct ids (of this shard), not yet committed.
+
+    A row whose id was already seen is not run: it belongs to the chunk before the next new id (the last
+    chunk at the end), and is committed, as a dropped row, with that chunk, so a resumed run records it
+    exactly when it runs its chunk again.
+    """
     seen: set[str] = set()
     chunk: list[dict] = []
-
-    def flush() -> list[dict]:
-        todo = [r for r in chunk if r["id"] not in done]
-        bar.update(len(chunk) - len(todo))
-        return todo
-
+    repeats: list[dict] = []
     for row in source.iter_rows():
         rid = row["id"]
         if shard is not None and shard_of(rid, shard[1]) != shard[0]:
             continue
         if rid in seen:
-            duplicates["duplicate_input_id"] += 1
+            repeats.append(row)
             continue
+        if len(chunk) >= size:
+            yield from _todo(chunk, repeats, done, bar)
+            chunk, repeats = [], []
         seen.add(rid)
         chunk.append(row)
-        if len(chunk) >= size:
-            todo = flush()
-            chunk = []
-            if todo:
-                yield todo
     if chunk:
-        todo = flush()
-        if todo:
-            yield todo
+        yield from _todo(chunk, repeats, done, bar)
+
+
+def _todo(chunk: list[dict], repeats: list[dict], done: set[str], bar) -> Iterator[tuple[list[dict], list[dict]]]:
+    """The chunk's rows not committed yet, with its repeated rows; nothing when the whole chunk is committed."""
+    todo = [r for r in chunk if r["id"] not in done]
+    bar.update(len(chunk) - len(todo) + (0 if todo else len(repeats)))
+    if todo:
+        yield todo, [{"id": r["id"], "duplicate_row": json.dumps(r, sort_keys=True, default=str),
+                      "drop_reason": DUPLICATE_REASON} for r in repeats]
+
+
+def _unless_empty(batches: Iterator[list[dict]]) -> Iterator[list[dict]] | None:
+    """The same batches, or None when there are none (so no model is loaded and no pool started for nothing)."""
+    first = next(batches, None)
+    return None if first is None else itertools.chain([first], batches)
 
 
 def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: tuple[int, int] | None = None) -> None:
@@ -69,7 +83,7 @@ def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: 
     size = stage.config.batch_size or ctx.pipeline_config.run.batch_size
     limit = stage.output_limit()
     kept = log.rows
-    duplicates: Counter = Counter()
+    repeats: deque[list[dict]] = deque()  # the repeated rows of each batch handed out, in order
     keep_dropped = ctx.pipeline_config.run.keep_dropped
     if log.parts:
         stage.log.info(
@@ -81,9 +95,16 @@ def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: 
                        unit="rows")
         bar.update(0)
         try:
-            batches = _batches(source, size, log.input_ids, bar, duplicates, shard)
-            for batch, result, seconds in ctx.executor.map_ordered(stage, batches):
-                rows, dropped = result.rows, result.dropped
+            def batches() -> Iterator[list[dict]]:
+                for todo, repeated in _batches(source, size, log.input_ids, bar, shard):
+                    repeats.append(repeated)
+                    yield todo
+
+            batches_or_none = _unless_empty(batches())
+            for batch, result, seconds in (ctx.executor.map_ordered(stage, batches_or_none)
+                                           if batches_or_none else ()):
+                repeated = repeats.popleft()
+                rows, dropped = result.rows, result.dropped + repeated
                 if limit is not None and kept + len(rows) > limit:
                     over = rows[limit - kept :]
                     rows = rows[: limit - kept]
@@ -95,16 +116,17 @@ def run_batches(stage: MapStage, ctx: StageContext, source: InputSource, shard: 
                     stable_id(*ids), rows, stage.output_schema(), dropped, ids, stats, keep_dropped=keep_dropped
                 )
                 kept += len(rows)
-                bar.update(len(batch))
+                bar.update(len(batch) + len(repeated))
                 bar.set_postfix(kept=kept, refresh=False)
                 if limit is not None and kept >= limit:
                     stage.log.info("%s: reached the limit of %d rows; stopping early", stage.name, limit)
                     break
         finally:
             bar.close()
-    if duplicates:
-        stage.log.warning("%s: %d input rows repeat an id already seen and were skipped", stage.name,
-                          duplicates["duplicate_input_id"])
+    repeated = store.commit_log().dropped.get(DUPLICATE_REASON, 0)
+    if repeated:
+        stage.log.warning("%s: %d input rows repeat an id already seen: dropped as %s", stage.name, repeated,
+                          DUPLICATE_REASON)
 
 
 def finish_map_stage(stage: MapStage, ctx: StageContext) -> dict:

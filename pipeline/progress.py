@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from pipeline.processes import is_main_process
+
 
 def progress(total: int | None = None, desc: str = "", unit: str = "rows", **kwargs) -> tqdm:
     """A progress bar with rate and ETA that stays quiet in non-interactive output."""
@@ -28,6 +30,8 @@ def progress(total: int | None = None, desc: str = "", unit: str = "rows", **kwa
 def setup_logging(work_dir: Path | None, level: str = "INFO") -> Path | None:
     """Log to the console and, when a work dir is known, to ``work_dir/logs/run-<time>.log``.
 
+    In a multi-process launch only the main process logs everything; the others print warnings only.
+
     Returns the log file's path.
     """
     root = logging.getLogger("pipeline")
@@ -40,6 +44,9 @@ def setup_logging(work_dir: Path | None, level: str = "INFO") -> Path | None:
     console.setLevel(getattr(logging, level.upper(), logging.INFO))
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root.addHandler(console)
+    if not is_main_process():  # the other processes of a multi-process launch: warnings only, no log file
+        console.setLevel(max(console.level, logging.WARNING))
+        return None
     if work_dir is None:
         return None
     logs = Path(work_dir) / "logs"

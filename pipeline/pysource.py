@@ -91,12 +91,24 @@ class FunctionInfo:
         return has_todo_marker(self.code)
 
 
-def has_todo_marker(code: str) -> bool:
-    """Return True if `code` contains the word TODO, FIXME, bug or bugs.
+TODO_MARKERS = ("todo", "fixme", "bug")
+"""The markers of unfinished or broken code the published seed filter looks for."""
 
-    Case-insensitive whole-word match: ``# todo:``, ``FIXME`` and ``a bug``
-    match; ``debug``, ``debugger``, ``bugfix`` and ``todos`` do not.
+
+def has_todo_marker(code: str, mode: str = "word") -> bool:
+    """Return True if `code` holds a TODO / FIXME / bug marker.
+
+    ``mode="word"``: case-insensitive whole-word match of TODO, FIXME, bug or
+    bugs: ``# todo:``, ``FIXME`` and ``a bug`` match; ``debug``, ``debugger``,
+    ``bugfix`` and ``todos`` do not.
+    ``mode="substring"`` (the published test): any of ``todo``, ``fixme``,
+    ``bug`` anywhere in the lower-cased code, so ``debug`` and ``todos`` match too.
     """
+    if mode == "substring":
+        lowered = code.lower()
+        return any(marker in lowered for marker in TODO_MARKERS)
+    if mode != "word":
+        raise ValueError(f"unknown todo match mode {mode!r} (expected word or substring)")
     return _TODO_RE.search(code) is not None
 
 

@@ -22,6 +22,7 @@ from pipeline.context import StageContext
 from pipeline.errors import PipelineError, StageNotBuiltError
 from pipeline.executors import create_executor
 from pipeline.map_runner import elapsed_since, finish_map_stage, run_batches
+from pipeline.processes import is_main_process, wait_for_everyone, world_size
 from pipeline.stage import MapStage, PlannedStage, Stage, WholeStage
 from pipeline.store import StageStore
 from pipeline.summary import stage_summary
@@ -137,6 +138,9 @@ class Runner:
         stage = entry(getattr(self.config.stages, entry.name), self.config)
         if manifest.get("fingerprint") != self.fingerprint(stage):
             return "its config, prompts or code changed"
+        retry = stage.rerun_reason(manifest)
+        if retry:
+            return retry
         source = manifest.get("input", {})
         if source.get("kind") == "upstream" and entry.upstream:
             upstream = self.state(entry.upstream, memo)
@@ -180,6 +184,9 @@ class Runner:
         manifests = []  # --input feeds the first selected stage; later ones read their upstream
         for i, name in enumerate(names):
             state = self.state(name)
+            if state.state == DONE and input_override is not None and i == 0 and \
+                    (state.manifest.get("input") or {}).get("spec") != input_override:
+                state = StageState(name, STALE, "it ran on another input than this --input")
             if state.state == DONE and not force:
                 log.info("%s: done (fingerprint matches), skipping; use --force to rerun", name)
                 manifests.append(state.manifest)
@@ -193,6 +200,8 @@ class Runner:
         """The stage, its context and input, checked: the upstream done (unless --input), columns present."""
         stage = self.stage(name)
         entry = self.entry(name)
+        if input_override is None:
+            input_override = stage.configured_input()
         if input_override is None and entry.upstream is not None:
             upstream = self.state(entry.upstream)
             if upstream.state != DONE:
@@ -205,6 +214,8 @@ class Runner:
         ctx = StageContext(self.config, name, entry.upstream, executor, input_override=input_override)
         source = stage.input_source(ctx, input_override)
         source.require(list(stage.input_columns), name)
+        if source.is_empty():
+            check_empty_input_allowed(name, source.description, self.config.run.allow_empty_input)
         ctx.source = source
         return stage, ctx
 
@@ -216,6 +227,8 @@ class Runner:
         With ``shard=(k, n)`` only the input rows whose id hashes to k mod n are processed; the manifest is
         written by whichever shard finishes last (or by :meth:`merge`), and None is returned until then.
         """
+        if world_size() > 1:
+            return self._run_in_launch(name, input_override, force)
         stage, ctx = self._prepare(name, input_override)
         fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
         store = ctx.store
@@ -253,6 +266,34 @@ class Runner:
             raise PipelineError(f"stage {name} is neither a map stage nor a whole stage")
         return self._write_manifest(stage, ctx, fields, fingerprint, digest, started)
 
+    def _run_in_launch(self, name: str, input_override: str | None, force: bool) -> dict:
+        """Run a whole stage in every process of a multi-process launch; only the main process writes.
+
+        The main process prepares the stage's folder (clearing a finished or stale run) while the others
+        wait, so every process then sees the same folder; the manifest is the main process's alone.
+        """
+        stage = self.stage(name)
+        if not (isinstance(stage, WholeStage) and stage.multi_process):
+            raise PipelineError(f"stage {name} runs in one process: launch it without accelerate launch / "
+                                f"torchrun (WORLD_SIZE is {world_size()})")
+        stage, ctx = self._prepare(name, input_override)
+        fingerprint, digest = self.fingerprint(stage), ctx.source.digest()
+        store = ctx.store
+        if is_main_process():
+            info = store.run_info()
+            mismatch = info is not None and (info.get("fingerprint"), info.get("input_digest")) != (fingerprint, digest)
+            if force or mismatch or store.read_manifest() is not None:
+                store.clear()
+            store.begin(fingerprint, {"input_digest": digest, "input": ctx.source.description})
+            log.info("%s: %s (reading %s; %d processes)", stage.name, stage.title, ctx.source.description,
+                     world_size())
+        wait_for_everyone()
+        started = time.time()
+        fields = stage.run(ctx)
+        if not is_main_process():
+            return fields
+        return self._write_manifest(stage, ctx, fields, fingerprint, digest, started)
+
     def merge(self, name: str, input_override: str | None = None) -> dict:
         """Write the manifest of a stage run as shards once every shard has finished."""
         stage, ctx = self._prepare(name, input_override, with_executor=False)
@@ -288,7 +329,7 @@ class Runner:
             **fields,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_seconds": elapsed_since(started),
-            "output_digest": store.output_digest(),
+            "output_digest": store.output_digest(ignore=stage.timing_columns),
             "config": {
                 "stage": json.loads(stage.config.model_dump_json()),
                 "seed": self.config.run.seed,
@@ -299,6 +340,17 @@ class Runner:
         for line in stage_summary(manifest, store.dir).splitlines():
             log.info(line)
         return manifest
+
+
+def check_empty_input_allowed(name: str, description: str, allowed: bool) -> None:
+    """An input with no rows is an error (a stage would finish "done" with nothing), unless allowed: then a warning."""
+    if not allowed:
+        raise PipelineError(
+            f"stage {name}: its input ({description}) holds no rows, so there is nothing to run; fix the input, "
+            "or set run.allow_empty_input=true to let the stage finish empty"
+        )
+    log.warning("%s: its input (%s) holds NO rows; the stage finishes with 0 rows (run.allow_empty_input)",
+                name, description)
 
 
 def check_shardable(stage: Stage, force: bool) -> None:

@@ -27,6 +27,7 @@ from pipeline.config import StageConfig
 if TYPE_CHECKING:
     from pipeline.context import StageContext
     from pipeline.inputs import InputSource
+    from pipeline.preflight import Check, PreflightContext, RowEstimate
     from pipeline.store import StageStore
 
 
@@ -64,12 +65,16 @@ class Stage(ABC):
     """Columns read from each input row, with what they mean."""
     output_columns: ClassVar[dict[str, tuple[pa.DataType, str]]] = {}
     """Columns written to each output row: Arrow type and meaning."""
+    timing_columns: ClassVar[tuple[str, ...]] = ()
+    """Output columns that measure the run (wall-clock seconds), not the data: left out of the output digest."""
     version: ClassVar[str] = "1"
     """Bump when the stage's logic changes what it outputs: finished runs then go stale."""
     uses_model: ClassVar[bool] = False
     """Whether the top-level ``model`` section is part of this stage's fingerprint."""
     unfingerprinted: ClassVar[tuple[str, ...]] = ()
     """Dotted config paths (inside the stage's section) that do not change its output."""
+    multi_process: ClassVar[bool] = False
+    """Whether the stage runs under a multi-process launch (every process runs it; only the main one writes)."""
 
     def __init__(self, config: StageConfig, pipeline_config: Any):
         self.config = config
@@ -91,6 +96,18 @@ class Stage(ABC):
         """Files whose content is part of the fingerprint (prompt banks, for example)."""
         return []
 
+    def rerun_reason(self, manifest: dict) -> str | None:
+        """Why a finished run must run again though nothing it depends on changed (rows to retry), or None.
+
+        For outputs that record a passing fault rather than a result (a sandbox that failed): the runner then
+        treats the stage as stale, so the same command retries it.
+        """
+        return None
+
+    def configured_input(self) -> str | None:
+        """An input the stage's own config names in place of its upstream (read as ``--input`` is); None: none."""
+        return None
+
     def input_source(self, ctx: "StageContext", override: str | None) -> "InputSource":
         """Where the stage's input rows come from: ``--input`` if given, else the upstream store."""
         from pipeline.inputs import StoreSource, open_input
@@ -98,6 +115,14 @@ class Stage(ABC):
         if override is not None:
             return open_input(override)
         return StoreSource(ctx.upstream_store())
+
+    def preflight_checks(self, ctx: "PreflightContext") -> list["Check"]:
+        """Checks ``--preflight`` runs for this stage before any work (prompt sizes, sandbox, memory); none here."""
+        return []
+
+    def preflight_rows(self, rows_in: "RowEstimate") -> "RowEstimate":
+        """How many rows the stage writes for ``rows_in`` input rows, for budgets; default: at most as many."""
+        return rows_in
 
     @property
     def log(self) -> logging.Logger:

@@ -24,7 +24,7 @@ import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -89,6 +89,24 @@ def _atomic_write_table(path: Path, table: pa.Table) -> None:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def ensure_work_dir(work_dir: Path) -> None:
+    """Create the work dir when needed and check that a file can be written in it, before any stage starts.
+
+    A folder that cannot be created (``/proc/x``, a path under a file) or written (read-only) is a
+    one-line :class:`StoreError` naming ``run.work_dir``; nothing inside an existing work dir is touched.
+    """
+    path = Path(work_dir)
+    action = "create"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        action = "write in"
+        probe = _tmp_name(path / ".write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"run.work_dir {path}: cannot {action} it ({exc.strerror or exc})") from None
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
@@ -351,18 +369,22 @@ class StageStore:
             except Exception as exc:
                 raise StoreError(f"{path}: corrupted part file ({type(exc).__name__}); move it away and rerun") from None
 
-    def output_digest(self) -> str:
+    def output_digest(self, ignore: Iterable[str] = ()) -> str:
         """A digest of the kept rows, whatever parts they sit in (batch sizes and shards do not change it).
 
         Each row is hashed on its own and the hashes are summed, so the digest depends on the set of rows,
-        not on how they were batched; timings kept in part metadata are not part of it.
+        not on how they were batched; timings kept in part metadata are not part of it, nor are the
+        columns named in ``ignore`` (a stage's timing columns).
         """
         import hashlib
 
+        skip = set(ignore)
         total = 0
         for path in self.part_paths():
             for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
                 for row in batch.to_pylist():
+                    for name in skip:
+                        row.pop(name, None)
                     line = json.dumps(row, sort_keys=True, default=str).encode("utf-8", "surrogatepass")
                     total += int.from_bytes(hashlib.blake2b(line, digest_size=16).digest(), "big")
         return f"{total % 2**128:032x}"[:16]

@@ -1,7 +1,7 @@
 """concepts (S->C): the base model names the programming concepts of each seed function.
 
 The prompt shows k examples from the few-shot bank (default 8, chosen by the
-run seed and the seed's id), each a function followed by its concepts as a
+run seed and the seed's id; sampled at temperature 0.7, as published), each a function followed by its concepts as a
 list, then the seed function; the model writes the seed's list. The answer is
 read as its leading ``- concept`` lines; an answer with none is dropped as
 ``no_concepts``, one cut by the token limit as ``truncated``.

@@ -166,7 +166,8 @@ class DedupStage(WholeStage):
             keys = {"i:" + normalized(row["instruction"]), "r:" + normalized(row["response"])}
             if keys & seen_text:
                 reason[row["id"]] = "exact_duplicate"
-            seen_text |= keys
+            else:
+                seen_text |= keys  # only rows kept: a dropped row makes no later row a duplicate
         bar.update(1)
         survivors = alive()
         if survivors:

@@ -22,21 +22,24 @@ interrupted run resumes where it stopped; verdicts are cached by program.
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.benchmarks.answers import chat_messages, completion_prompt, stop_strings
-from pipeline.benchmarks.catalog import load_benchmark
-from pipeline.benchmarks.contenders import Contender, resolve
+from pipeline.benchmarks.catalog import load_benchmark, pending_download
+from pipeline.benchmarks.contenders import FINETUNED, Contender, resolve
 from pipeline.benchmarks.harness import Answer, Harness, TimeLimits
 from pipeline.benchmarks.settings import EvaluateConfig
 from pipeline.benchmarks.source import BenchmarkSource
 from pipeline.benchmarks.summary import EvaluationReport, judged_comparison
 from pipeline.errors import PipelineError
-from pipeline.execution import SandboxSession
+from pipeline.execution import SandboxSession, sandbox_preflight
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
+from pipeline.preflight import FAIL, WARN, Check, RowEstimate
 from pipeline.progress import progress
 from pipeline.stage import WholeStage
 from pipeline.store import StageStore
@@ -50,6 +53,7 @@ class EvaluateStage(WholeStage):
     upstream = "finetune"
     Config = EvaluateConfig
     uses_model = True
+    timing_columns = ("duration_s", "time_limit_s")  # the limit scales with the reference's measured runtime
     unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
                        "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
     input_columns = {"benchmark": "benchmark name", "task_id": "problem id", "prompt": "what the model continues",
@@ -122,6 +126,62 @@ class EvaluateStage(WholeStage):
             raise PipelineError(f"stage {self.upstream} finished but its model directory {model_dir} does not exist")
         return model_dir
 
+    def preflight_checks(self, ctx) -> list:
+        """The sandbox, the benchmarks, and each model's longest prompt per benchmark plus ``max_tokens``.
+
+        A model named by path, alias or endpoint is checked with its own
+        tokenizer and context; the fine-tune, which does not exist yet, with the
+        base model's (its entry's settings applied). A benchmark that would be
+        downloaded when the stage runs is a warning, its prompts unchecked.
+        """
+        from pipeline.prompt_budget import prompt_checks
+
+        checks = sandbox_preflight(self.name, f"stages.{self.name}.sandbox", self.config.sandbox)
+        benches, cache = [], Path(self.run_config.work_dir) / "cache"
+        for spec in self.config.benchmarks:
+            url = pending_download(spec, self.config.benchmark_files, cache)
+            if url:
+                checks.append(Check(self.name, f"benchmark {spec}", "downloaded when the stage runs", url, WARN,
+                                    f"{self.name}: benchmark {spec} is not downloaded yet ({url}): its prompts are "
+                                    f"not checked (stages.{self.name}.benchmark_files.{spec} gives a local copy)"))
+                continue
+            try:
+                bench = load_benchmark(spec, self.config.benchmark_files, cache)
+                benches.append(bench.select(self.config.limit, self.config.task_ids))
+            except PipelineError as exc:
+                checks.append(Check(self.name, f"benchmark {spec}", "unavailable", "", FAIL, f"{self.name}: {exc}"))
+        n = 1 if self.config.greedy else self.config.samples
+        for entry in self.config.entries():
+            try:
+                contender = self.preflight_contender(entry)
+            except PipelineError as exc:
+                checks.append(Check(self.name, f"model {entry.label or entry.model}", "unusable", "", FAIL, str(exc)))
+                continue
+            for bench in benches:
+                fmt, problems = contender.prompt_format, bench.problems
+                prompts = [chat_messages(p) if fmt == "chat" else completion_prompt(p) for p in problems]
+                checks += prompt_checks(
+                    ctx, f"{self.name} ({contender.label}, {bench.name})", contender.llm_config, prompts,
+                    max_tokens=self.config.max_tokens, max_tokens_key=f"stages.{self.name}.max_tokens", n=n,
+                    rows=RowEstimate(len(problems), f"{len(problems)} {bench.name} problems"),
+                    sample=f"{len(problems)} problems, {fmt} format")
+        return checks
+
+    def preflight_contender(self, entry) -> Contender:
+        """The contender an entry names, the base model standing in for a fine-tune not trained yet."""
+        from pipeline.llm import LLMConfig
+
+        if entry.model != FINETUNED:
+            return resolve(entry, self.model_config, lambda: None, LLMConfig)
+        if self.model_config is None:
+            raise PipelineError(f"stages.{self.name}.models: 'finetuned' needs a model section (model.backend, "
+                                "model.model) for the fine-tune's tokenizer")
+        base = self.model_config.model_dump()
+        stand_in = {k: v for k, v in entry.settings.items() if k not in ("model", "tokenizer")}
+        found = resolve(entry.model_copy(update={"settings": stand_in}), self.model_config,
+                        lambda: base["model"], LLMConfig)
+        return replace(found, llm_config=found.llm_config.model_copy(update={"tokenizer": base["tokenizer"]}))
+
     def open_backend(self, llm_config):
         """Start the generation backend for one model (tests replace this with a fixture)."""
         from pipeline.llm import create_backend
@@ -162,12 +222,20 @@ class EvaluateStage(WholeStage):
         return stable_id(contender.label, benchmark, task_id, sample)
 
     def sampling(self, stop: list[str]):
-        """Greedy decoding, or ``samples`` answers at ``temperature`` (seeded)."""
+        """Greedy decoding, or ``samples`` answers at ``temperature`` (the seeds are per problem: :meth:`row_seed`)."""
         from pipeline.llm import SamplingParams
 
         cfg = self.config
         return SamplingParams(n=1 if cfg.greedy else cfg.samples, temperature=0.0 if cfg.greedy else cfg.temperature,
-                              top_p=1.0 if cfg.greedy else cfg.top_p, max_tokens=cfg.max_tokens, stop=stop, seed=self.seed)
+                              top_p=1.0 if cfg.greedy else cfg.top_p, max_tokens=cfg.max_tokens, stop=stop)
+
+    def row_seed(self, contender: Contender, benchmark: str, task_id: str) -> int:
+        """The sampling seed of one problem for one model: run seed, model, benchmark and task, never the batch.
+
+        Its ``samples`` answers are the backend's draws 0..n-1 from this seed, so
+        the row of (task, sample index) does not depend on what it was batched with.
+        """
+        return int(stable_id(self.seed, self.name, contender.label, benchmark, task_id), 16) % 2**31
 
     def evaluate(self, contender: Contender, bench, problems: list, backend, harness, store) -> None:
         """Answer, run and commit ``problems`` for one model, one batch (one Parquet part) at a time."""
@@ -179,11 +247,14 @@ class EvaluateStage(WholeStage):
         with progress(total=len(problems), desc=f"{contender.label} {bench.name}", unit="problems") as bar:
             for start in range(0, len(problems), size):
                 batch = problems[start : start + size]
+                seeds = [self.row_seed(contender, bench.name, p.task_id) for p in batch]
                 if contender.prompt_format == "chat":
-                    outputs = backend.generate_chat([chat_messages(p) for p in batch], self.sampling([]))
+                    outputs = generate_seeded(backend.generate_chat, [chat_messages(p) for p in batch],
+                                              self.sampling([]), seeds)
                 else:
                     stop = sorted(set.intersection(*(set(stop_strings(p)) for p in batch)))
-                    outputs = backend.generate([completion_prompt(p) for p in batch], self.sampling(stop))
+                    outputs = generate_seeded(backend.generate, [completion_prompt(p) for p in batch],
+                                              self.sampling(stop), seeds)
                 answers = [Answer(p.task_id, c.text, contender.prompt_format, i)
                            for p, outs in zip(batch, outputs) for i, c in enumerate(outs)]
                 finish = [c.finish_reason for outs in outputs for c in outs]
@@ -208,3 +279,17 @@ class EvaluateStage(WholeStage):
                 "passed": base.passed, "plus_status": plus.status if plus else None, "plus_passed": scored.plus_passed,
                 "time_limit_s": base.time_limit_s, "duration_s": base.duration_s, "stderr": base.stderr,
                 "program_hash": base.program_hash}
+
+
+def generate_seeded(generate, prompts: list, params, seeds: list[int]) -> list:
+    """``generate(prompts, params)`` with one sampling seed per prompt.
+
+    A backend that takes per-prompt ``seeds`` gets them in one call; with one
+    that does not, greedy decoding (no seed matters) is one call and sampling
+    one call per prompt, seeded with that prompt's seed.
+    """
+    if "seeds" in inspect.signature(generate).parameters:
+        return generate(prompts, params, seeds=seeds)
+    if params.temperature == 0:
+        return generate(prompts, params)
+    return [generate([p], params.model_copy(update={"seed": seed}))[0] for p, seed in zip(prompts, seeds)]

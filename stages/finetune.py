@@ -6,6 +6,13 @@ conversations (1 per step, 64 accumulated), 5% warm-up then a linear decay,
 sequences of at most 1280 tokens, bfloat16 where the device has it (float32
 on CPU) and every dropout of the model forced to 0.
 
+The conversations come from the upstream stage, ``--input``, or the dataset
+``conversations.dataset`` names (a file, folder or Hub id); OpenAssistant
+message tables and Dolly-style instruction tables are first turned into
+conversations (:mod:`pipeline.conversations`), and what that kept and dropped,
+by reason, is the manifest's ``conversations`` section (the dropped rows are
+kept in ``finetune/source_dropped/``).
+
 Each conversation (the ``messages`` column: any number of system, user and
 assistant turns) is rendered with a chat format (the plain
 instruction/response layout by default, a ChatML-style one with special
@@ -28,8 +35,8 @@ conversations exactly as in training; the loss curve is ``finetune/loss.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -38,11 +45,14 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.conversations import ConversationSource, ConversationsConfig
 from pipeline.errors import PipelineError
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.stage import WholeStage
-from pipeline.training import memory
+from pipeline.processes import is_main_process, world_size
+from pipeline.training import layouts, memory
+from pipeline.training.adapter_options import AdapterOptions
 from pipeline.training.data import (
     ConversationDataset, ConversationEncoder, Encoded, PaddingCollator, pack, plain_rows,
 )
@@ -50,11 +60,15 @@ from pipeline.training.data import (
 PART_ROWS = 10_000
 
 
-class FinetuneConfig(StageConfig):
+class FinetuneConfig(AdapterOptions):
     """Settings of the finetune stage (defaults: the paper's recipe)."""
 
+    conversations: ConversationsConfig = Field(
+        default_factory=ConversationsConfig,
+        description="Where the conversations come from (default: the upstream output) and how OpenAssistant or "
+                    "instruction tables become conversations.")
     base_model: str | None = Field(
-        default=None, description="Model to fine-tune (directory, Hub id, .gguf, 'gemma3-270m-gguf'); default: model.model.")
+        default=None, description="Model to fine-tune (directory, Hub id, .gguf, or a model alias such as 'gemma3-270m-gguf'); default: model.model.")
     chat_format: Literal["instruction", "chatml"] = Field(
         default="instruction",
         description="'instruction': ### Instruction / ### Response blocks; 'chatml': <|system|> <|user|> "
@@ -63,7 +77,8 @@ class FinetuneConfig(StageConfig):
         default=None, description="Preamble for conversations without a system turn; default: the format's own.")
     use_default_system: bool = Field(
         default=True, description="Render the format's preamble when a conversation has no system turn.")
-    optimizer: Literal["adafactor"] = Field(default="adafactor", description="Optimizer (Adafactor, as in the paper).")
+    optimizer: Literal["adafactor", "adamw_torch"] = Field(
+        default="adafactor", description="Optimizer: Adafactor, as in the paper; AdamW for recipes that used it (StarChat).")
     learning_rate: float = Field(default=1e-5, gt=0, description="Peak learning rate.")
     num_epochs: float = Field(default=4.0, gt=0, description="Passes over the data.")
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps (overrides num_epochs).")
@@ -88,6 +103,10 @@ class FinetuneConfig(StageConfig):
     logging_steps: int = not_fingerprinted("Log the loss every this many optimizer steps.", default=1, ge=1)
     fit_check: bool = not_fingerprinted(
         "Estimate memory before loading and stop when the model cannot fit.", default=True)
+    device_memory_gib: float | None = not_fingerprinted(
+        "Memory of each training GPU in GiB, for --preflight's fit check when training runs on other hardware "
+        "than the preflight (e.g. 80 for an A100 80GB); unset: this machine's free CUDA memory, else its RAM.",
+        default=None, gt=0)
     push_to_hub: bool = not_fingerprinted(
         "Upload finetune/model to <hub.namespace>/<hub_model_name> when done.", default=False)
     hub_model_name: str | None = not_fingerprinted("Hub model repository name; default: hub.prefix.", default=None)
@@ -101,6 +120,7 @@ class FinetuneStage(WholeStage):
     upstream = "dedup"
     Config = FinetuneConfig
     uses_model = True
+    multi_process = True  # accelerate launch: every process trains, the main one writes
     input_columns = {"id": "conversation id", "messages": "the conversation: a list of {role, content} turns"}
     output_columns = {
         "id": (pa.string(), "the conversation id"),
@@ -114,6 +134,14 @@ class FinetuneStage(WholeStage):
         """Keep the ``hub`` section too: the model can be pushed to the Hub."""
         super().__init__(config, pipeline_config)
         self.hub_config = getattr(pipeline_config, "hub", None)
+
+    def configured_input(self) -> str | None:
+        """``conversations.dataset``, when the recipe trains on a dataset instead of the pipeline's own output."""
+        return self.config.conversations.dataset
+
+    def input_source(self, ctx, override: str | None):
+        """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout."""
+        return ConversationSource(super().input_source(ctx, override), self.config.conversations)
 
     # -- the model and its memory ------------------------------------------------
     def model_name(self) -> str:
@@ -136,8 +164,15 @@ class FinetuneStage(WholeStage):
             self.log.warning("finetune: no local config for %s: memory not estimated", model_dir)
             return None
         cfg = self.config
+        if cfg.adapter != "none" or world_size() > 1:
+            return layouts.fit_report(shape.with_extra_tokens(added_tokens), layouts.launched_layout(cfg.adapter),
+                                      world_size(), check=cfg.fit_check, seq_len=cfg.max_length,
+                                      batch=cfg.per_device_batch_size, bf16=bf16, lora_rank=cfg.lora_r,
+                                      checkpointing=cfg.gradient_checkpointing, cuda=cuda)
         est = memory.estimate(shape.with_extra_tokens(added_tokens), cfg.max_length, cfg.per_device_batch_size,
                               bf16=bf16, fused_attention=cuda, cuda=cuda)
+        if cfg.optimizer == "adamw_torch":  # two full fp32 moments per parameter instead of Adafactor's factored state
+            est = dataclasses.replace(est, optimizer_state=8 * est.n_params)
         for line in memory.format_estimate(est, cfg.gradient_checkpointing).splitlines():
             self.log.info(line)
         available, where = memory.available_memory()
@@ -151,6 +186,59 @@ class FinetuneStage(WholeStage):
                 "activations_gib": round(est.activations / gib, 2),
                 "activations_checkpointed_gib": round(est.activations_checkpointed / gib, 2),
                 "logits_gib": round(est.logits / gib, 2)}
+
+    # -- preflight ---------------------------------------------------------------
+    def preflight_checks(self, ctx) -> list:
+        """The memory fit on the configured device (no weights loaded), and the Hub repository when pushing."""
+        from pipeline.preflight import FAIL, Check
+
+        checks = [self.memory_check()]
+        if self.config.push_to_hub:
+            from pipeline.training.publish import model_repo_id
+
+            try:
+                checks.append(Check(self.name, "model repository", model_repo_id(self.hub_config, self.config.hub_model_name),
+                                    "stages.finetune.push_to_hub"))
+            except PipelineError as exc:
+                checks.append(Check(self.name, "model repository", "no hub.namespace", "stages.finetune.push_to_hub",
+                                    FAIL, f"{self.name}: {exc}"))
+        return checks
+
+    def memory_check(self):
+        """Full fine-tuning's estimated memory against ``device_memory_gib``, else this machine's device."""
+        from pipeline.llm.models import gguf_cache_path, is_gguf, resolve_model
+        from pipeline.preflight import FAIL, INFO, OK, WARN, Check
+
+        cfg = self.config
+        name = self.model_name()
+        try:
+            source = resolve_model(name)
+        except Exception as exc:  # the model's package is missing: the run would fail too
+            return Check(self.name, "memory fit", "model not found", name, FAIL, f"{self.name}: {name}: {exc}")
+        cached = gguf_cache_path(source, self.cache_dir(), "float32") if is_gguf(source) else None
+        shape = memory.lookup(str(cached)) if cached and cached.is_dir() else memory.lookup(source)
+        shape = shape or memory.lookup(name)
+        if shape is None:
+            return Check(self.name, "memory fit", f"not estimated: no local config for {name}", "", INFO)
+        if cfg.device_memory_gib is not None:
+            available, where, cuda = int(cfg.device_memory_gib * memory.GIB), "stages.finetune.device_memory_gib", True
+        else:
+            available, where = memory.available_memory()
+            cuda = where.startswith("CUDA")
+        bf16 = cfg.bf16 and cuda
+        est = memory.estimate(shape, cfg.max_length, cfg.per_device_batch_size, bf16=bf16, fused_attention=cuda,
+                              cuda=cuda)
+        need = est.total(cfg.gradient_checkpointing)
+        gib = memory.GIB
+        measured = (f"{need / gib:,.1f} GiB ({shape.name}, {'bfloat16' if bf16 else 'float32'}, "
+                    f"batch {cfg.per_device_batch_size} x {cfg.max_length})")
+        limit = f"{available / gib:,.1f} GiB ({where})"
+        if need <= available:
+            return Check(self.name, "memory fit", measured, limit, OK)
+        problem = (f"{self.name}: full fine-tuning needs about {need / gib:,.1f} GiB > {where} {available / gib:,.1f} "
+                   "GiB (lower stages.finetune.max_length or per_device_batch_size, or set device_memory_gib for "
+                   "the training GPU)")
+        return Check(self.name, "memory fit", measured, limit, FAIL if cfg.fit_check else WARN, problem)
 
     # -- data ------------------------------------------------------------------
     def encode_all(self, ctx, encoder: ConversationEncoder) -> list[tuple[dict, Encoded]]:
@@ -187,14 +275,17 @@ class FinetuneStage(WholeStage):
 
     # -- training --------------------------------------------------------------
     def training_arguments(self, out_dir: Path, bf16: bool, cuda: bool):
-        """transformers ``TrainingArguments`` for the configured recipe."""
+        """transformers ``TrainingArguments`` for the configured recipe (accumulation shared among the processes)."""
         from transformers import TrainingArguments
+
+        from pipeline.training.distributed import accumulation_per_process
 
         cfg = self.config
         return TrainingArguments(
             output_dir=str(out_dir),
             per_device_train_batch_size=cfg.per_device_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            gradient_accumulation_steps=accumulation_per_process(cfg.per_device_batch_size,
+                                                                 cfg.gradient_accumulation_steps, world_size()),
             num_train_epochs=cfg.num_epochs,
             max_steps=cfg.max_steps or -1,
             learning_rate=cfg.learning_rate,
@@ -236,8 +327,9 @@ class FinetuneStage(WholeStage):
         import torch
         from transformers import Trainer
 
+        from pipeline.training.adapters import attach_adapter, quantization_config
+        from pipeline.training.distributed import resume_checkpoint
         from pipeline.training.modeling import load_for_training, resolve_model_dir
-        from pipeline.training.resume import last_complete_checkpoint
 
         cfg = self.config
         store = ctx.store
@@ -248,7 +340,10 @@ class FinetuneStage(WholeStage):
         model_dir = resolve_model_dir(self.model_name(), self.cache_dir())
         encoder = self.load_encoder(model_dir)
         encoded = self.encode_all(ctx, encoder)
-        self.write_rows(store, encoded)
+        if is_main_process():
+            self.write_rows(store, encoded)
+            if self.run_config.keep_dropped:
+                ctx.source.save_dropped(store.dir / "source_dropped")
         examples = [enc for _, enc in encoded if enc.kept]
         if not encoded:
             raise PipelineError("finetune: the input holds no conversations (the upstream stages kept none, "
@@ -261,18 +356,23 @@ class FinetuneStage(WholeStage):
         fit = self.fit_estimate(model_dir, encoder.added_tokens, bf16, cuda)
 
         tokenizer = encoder.tokenizer
-        model, forced = load_for_training(model_dir, torch.bfloat16 if bf16 else torch.float32, cfg.dropout,
-                                          len(tokenizer))
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        model, forced = load_for_training(model_dir, dtype, cfg.dropout, len(tokenizer),
+                                          quantization_config() if cfg.adapter == "qlora" else None)
         if forced:
             self.log.info("finetune: dropout forced to %s (was %s)", cfg.dropout, forced)
+        if cfg.adapter != "none":
+            model = attach_adapter(model, cfg, train_embeddings=encoder.added_tokens > 0,
+                                   checkpointing=cfg.gradient_checkpointing)
         checkpoints = store.dir / "checkpoints"
+        args = self.training_arguments(checkpoints, bf16, cuda)
         trainer = Trainer(
-            model=model, args=self.training_arguments(checkpoints, bf16, cuda),
+            model=model, args=args,
             train_dataset=ConversationDataset(self.train_rows(examples)),
             data_collator=PaddingCollator(tokenizer.pad_token_id, 8 if cuda else None),
             processing_class=tokenizer,
         )
-        last = last_complete_checkpoint(checkpoints)
+        last = resume_checkpoint(checkpoints)
         last = str(last) if last else None
         if last:
             self.log.info("finetune: resuming from %s", last)
@@ -280,7 +380,9 @@ class FinetuneStage(WholeStage):
         result = trainer.train(resume_from_checkpoint=last)
         runtime = time.time() - started
 
-        out = self.save_model(trainer, encoder, store.dir / "model")
+        out, adapter_dir = self.save_model(trainer, encoder, store.dir, model_dir, dtype)
+        if not is_main_process():
+            return {}
         repo = None
         if cfg.push_to_hub:
             from pipeline.training.publish import push_model
@@ -289,8 +391,13 @@ class FinetuneStage(WholeStage):
         facts = {"base_model": self.model_name(), "resolved_from": model_dir, "chat_format": cfg.chat_format,
                  "resumed_from": last, "bf16": bf16, "device": "cuda" if cuda else "cpu", "dropout_forced": forced,
                  "added_tokens": encoder.added_tokens, "fit_estimate": fit, "hub_repo": repo,
-                 "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset)}
-        return self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
+                 "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset),
+                 "adapter": cfg.adapter, "adapter_dir": str(adapter_dir) if adapter_dir else None,
+                 "processes": world_size(), "gradient_accumulation_per_process": args.gradient_accumulation_steps,
+                 "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()}
+        fields = self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
+        fields["conversations"] = ctx.source.report()
+        return fields
 
     def report(self, ctx, state, mean_loss: float, runtime: float, model_dir: Path, facts: dict) -> dict:
         """Write the loss log and curve; return the manifest fields: counts, training metrics, where the model is."""
@@ -324,22 +431,29 @@ class FinetuneStage(WholeStage):
         }
         return fields
 
-    def save_model(self, trainer, encoder: ConversationEncoder, target: Path) -> Path:
-        """Save model, tokenizer and chat template together (atomically replacing any earlier save)."""
-        model = trainer.model
-        model.config.use_cache = True
-        generation = model.generation_config
-        stops = encoder.stop_token_ids
-        generation.eos_token_id = stops if len(stops) > 1 else stops[0]
-        generation.pad_token_id = encoder.tokenizer.pad_token_id
-        tmp = target.with_name(f".{target.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        trainer.save_model(str(tmp))
-        encoder.tokenizer.save_pretrained(str(tmp))
-        (tmp / "training_args.bin").unlink(missing_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-        return target
+    def save_model(self, trainer, encoder: ConversationEncoder, folder: Path, base_dir: str, dtype):
+        """Save model, tokenizer and chat template together (atomically replacing any earlier save).
 
+        With an adapter, the adapter goes to ``adapter/`` and the base with the adapter merged in to ``model/``.
+        Returns ``(model folder, adapter folder or None)``.
+        """
+        from pipeline.training.adapters import merge_adapter
+        from pipeline.training.distributed import save_plain, save_with_trainer
+
+        tokenizer, stops = encoder.tokenizer, encoder.stop_token_ids
+
+        def for_generation(model):
+            model.config.use_cache = True
+            model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            return model
+
+        if self.config.adapter == "none":
+            for_generation(trainer.model)
+            return save_with_trainer(trainer, tokenizer, folder / "model"), None
+        adapter_dir = save_with_trainer(trainer, tokenizer, folder / "adapter")
+        if is_main_process():
+            merged = merge_adapter(base_dir, adapter_dir, dtype, self.config.dropout, len(tokenizer))
+            save_plain(for_generation(merged), tokenizer, folder / "model")
+            self.log.info("finetune: adapter saved in %s, merged model in %s", adapter_dir, folder / "model")
+        return folder / "model", adapter_dir

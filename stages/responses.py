@@ -1,6 +1,6 @@
 """responses (I->R): the base model answers each instruction n times, each answer with its own tests.
 
-The prompt shows k bank examples (an instruction, then a response: a short
+The prompt shows k bank examples (default 1, as published; an instruction, then a response: a short
 explanation and the solution in one fenced Python block, then a ``### Tests``
 section with a fenced block of asserts) and ends with this instruction. Each
 of the n samples (default 10, temperature 0.7, 1536 tokens) is split into its
@@ -59,8 +59,12 @@ class ResponseTask(PromptTask):
 
 
 class ResponsesConfig(GenerationConfig):
-    """Settings of the responses stage (the paper's: 10 samples at temperature 0.7, 1536 tokens)."""
+    """Settings of the responses stage (the paper's: 1 bank example, 10 samples at temperature 0.7, 1536 tokens)."""
 
+    fewshot_k: int = Field(
+        default=1, ge=0,
+        description="Bank examples shown before each instruction (1, as published: worked responses are long).",
+    )
     n: int = Field(default=10, ge=1, description="Responses sampled per instruction.")
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature.")
     max_tokens: int = Field(default=1536, ge=1, description="Most new tokens per response.")

@@ -6,7 +6,9 @@ then pass a chain of filters, in the order the config lists them, and the
 first filter a function fails is its drop reason:
 
 * ``returns_value``: the function returns a value (a ``return <expr>`` other than ``None``);
-* ``no_todo``: no TODO, FIXME or "bug" in its source;
+* ``no_todo``: no TODO, FIXME or "bug" in its source; ``todo_match`` picks the test:
+  ``substring`` (as published: anywhere, any case, so "debug" and "todos" drop too)
+  or ``word`` (whole words only);
 * ``no_banned_imports``: it imports or uses none of os, sys, subprocess, argparse,
   setuptools, distutils, matplotlib, seaborn (configurable);
 * ``max_lines``: at most 150 lines;
@@ -19,8 +21,9 @@ first filter a function fails is its drop reason:
   word 5-gram shingles of the source, Jaccard 0.5, datasketch LSH); it compares
   seeds across all batches, so it runs once every batch is committed and must
   come last in the chain;
-* ``docstring_judge`` (off by default; needs the model): few-shot yes/no prompts
-  ask whether the docstring alone says enough to re-implement the function; a
+* ``docstring_judge`` (off by default, on in the paper recipe; needs the model): few-shot
+  yes/no prompts show the whole function and ask whether its docstring describes the
+  code well (``docstring_judge.show: signature`` shows only the signature and docstring); a
   strict majority of ``samples`` answers must say yes (ties count as no). Like
   near_dedup it runs once every batch is committed, so both come last.
 
@@ -39,14 +42,15 @@ from pydantic import Field, field_validator
 from pipeline.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_files
 from pipeline.config import StageConfig, StrictModel
 from pipeline.contamination import BenchmarkFile, BenchmarkIndex, benchmark_index
-from pipeline.docstring_judge import JudgeSettings, judge_docstrings
-from pipeline.errors import InputError
+from pipeline.docstring_judge import JudgeSettings, judge_docstrings, judge_preflight
+from pipeline.errors import InputError, PipelineError
 from pipeline.ids import stable_id
 from pipeline.inputs import DATA_SUFFIXES, InputSource
 from pipeline.near_dedup import NearDedupSettings, near_dedup
+from pipeline.preflight import Check, PreflightContext, RowEstimate
 from pipeline.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
 from pipeline.stage import BatchResult, MapStage
-from pipeline.typecheck import function_has_type_errors, typecheck_sources
+from pipeline.typecheck import TypecheckError, function_has_type_errors, typecheck_sources
 
 FilterName = Literal[
     "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments",
@@ -73,7 +77,9 @@ class SourceConfig(StrictModel):
         default_factory=lambda: ["site-packages/*", "*/site-packages/*"],
         description="Glob patterns (relative paths) of .py files to skip, for kind stdlib/local.",
     )
-    dataset: str = Field(default="bigcode/the-stack", description="Hub dataset id, for kind hub.")
+    dataset: str = Field(
+        default="bigcode/the-stack-dedup", description="Hub dataset id, for kind hub (The Stack v1 deduplicated, as published)."
+    )
     data_dir: str | None = Field(default="data/python", description="Folder inside the Hub dataset.")
     split: str = Field(default="train", description="Split of the Hub dataset.")
     revision: str | None = Field(default=None, description="Revision (commit/tag) of the Hub dataset.")
@@ -93,6 +99,11 @@ class SeedsConfig(StageConfig):
         description="The filter chain, applied in this order; remove a name to switch that filter off.",
     )
     banned_imports: list[str] = Field(default_factory=lambda: list(BANNED), description="Modules a seed may not use.")
+    todo_match: Literal["substring", "word"] = Field(
+        default="substring",
+        description="How no_todo looks for todo/fixme/bug: substring (as published; 'debug' and 'todos' drop too) "
+        "or word (whole words only).",
+    )
     max_lines: int = Field(default=150, gt=0, description="Longest seed function, in lines.")
     min_args: int = Field(default=1, ge=0, description="Fewest arguments a seed function takes.")
     benchmark_files: list[BenchmarkFile] = Field(
@@ -105,6 +116,13 @@ class SeedsConfig(StageConfig):
     )
     near_dedup: NearDedupSettings = Field(default_factory=lambda: NearDedupSettings(threshold=0.5))
     docstring_judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+    def problems(self, pipeline_config) -> list[str]:
+        """The docstring judge asks the model: it needs the top-level model section."""
+        if "docstring_judge" in self.filters and getattr(pipeline_config, "model", None) is None:
+            return ["filters: docstring_judge asks the model, so the config needs a model section "
+                    "(model.backend, model.model)"]
+        return []
 
     @field_validator("filters")
     @classmethod
@@ -236,7 +254,7 @@ class SeedsStage(MapStage):
 
     def no_todo(self, candidates: list[Candidate]) -> list[bool]:
         """Keep functions without TODO / FIXME / bug markers."""
-        return [not has_todo_marker(fn.code) for _, fn in candidates]
+        return [not has_todo_marker(fn.code, self.config.todo_match) for _, fn in candidates]
 
     def no_banned_imports(self, candidates: list[Candidate]) -> list[bool]:
         """Keep functions that neither import nor use a banned module."""
@@ -255,7 +273,13 @@ class SeedsStage(MapStage):
         """Keep functions with no type error, checking each file of the batch once in one checker run."""
         files = {file["id"]: file["content"] for file, _ in candidates}
         names = {fid: f"f{i:05d}.py" for i, fid in enumerate(files)}
-        diagnostics = typecheck_sources({names[fid]: text for fid, text in files.items()}) if files else {}
+        try:
+            diagnostics = typecheck_sources({names[fid]: text for fid, text in files.items()}) if files else {}
+        except TypecheckError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise PipelineError(f"stages.seeds.filters: typechecks failed: {' '.join(lines)[:300]}; the batches "
+                                "committed so far are kept (fix the checker, or remove typechecks from the "
+                                "filters)") from None
         return [
             not function_has_type_errors(diagnostics.get(names[file["id"]], []), fn.lineno, fn.end_lineno)
             for file, fn in candidates
@@ -287,6 +311,21 @@ class SeedsStage(MapStage):
                 result = near_dedup([r["id"] for r in rows], [r["code"] for r in rows], config)
                 drops.update({r["id"]: step for r, keep in zip(rows, result.keep) if not keep})
         return drops
+
+    # -- preflight -------------------------------------------------------------
+    def preflight_rows(self, rows_in: RowEstimate) -> RowEstimate:
+        """At most ``max_seeds`` seeds; unknown without it (the corpus is not scanned before the run)."""
+        if self.config.max_seeds is None:
+            return RowEstimate(None, "unknown without stages.seeds.max_seeds", 1.0, self.name)
+        return RowEstimate(self.config.max_seeds, f"stages.seeds.max_seeds {self.config.max_seeds:,}", 1.0, self.name)
+
+    def preflight_checks(self, ctx: PreflightContext) -> list[Check]:
+        """The docstring judge's prompt size and budget, when the judge is on."""
+        if "docstring_judge" not in self.config.filters:
+            return []
+        rows = ctx.sample_rows(self.name, ["id", "code"], 64)
+        return judge_preflight(ctx, self.name, self.model_config, self.config.docstring_judge, self.seed, rows,
+                               f"{len(rows)} longest seeds in the work dir", ctx.rows_out(self.name))
 
     def _judge(self, rows: list[dict]) -> dict[str, bool]:
         """Ask the model whether each seed's docstring says enough to re-implement it."""

@@ -45,9 +45,24 @@ def write_recipe(path: Path, work_dir: Path, **stage_overrides) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``run_pipeline.py`` in a subprocess, as a user would."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def require_installed(what: str, problem: str | None) -> None:
+    """Skip the calling test (or module) when ``what`` is missing, i.e. ``problem`` is not None.
+
+    Everything passed here is something ``.ci/run`` installs (Docker and the sandbox image, Ray,
+    Chromium, basedpyright, the demo model), so with the environment variable ``CI`` set a missing
+    component fails the test instead: CI must never pass by skipping what it was meant to check.
+    """
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing, and CI installs it: {problem}", pytrace=False)
+    pytest.skip(f"{what} is missing: {problem} (CI installs it)", allow_module_level=True)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``run_pipeline.py`` in a subprocess, as a user would (``env`` adds environment variables)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "run_pipeline.py"), *args],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,

@@ -6,10 +6,16 @@
   ``<pad>`` and a small chat template, and a 2-layer Llama (hidden 64) with
   seeded random weights, saved with ``save_pretrained``. Its output is
   gibberish but deterministic, and it never downloads anything.
+* :class:`ReplayBackend` / fixture ``replay_server``: model output fixtures for the
+  pipeline's own prompts (what a good model would answer, with no model at all):
+  well-formed concepts, instructions, responses with tests (sample k passes its
+  tests when k is even and fails them when odd) and docstring verdicts (yes when
+  the function's name has an even length, see :func:`judge_says_yes`), served by
+  a :class:`FakeOpenAIServer` so the real ``openai`` backend and command line run.
 * :class:`FakeOpenAIServer` / fixture ``openai_server``: a local
   OpenAI-compatible HTTP server (stdlib ``http.server`` in a thread on
   127.0.0.1, ephemeral port) serving ``/v1/completions``,
-  ``/v1/chat/completions`` and ``/v1/models`` from any backend, with
+  ``/v1/chat/completions`` (streamed too, ``stream: true``) and ``/v1/models`` from any backend, with
   switchable failure modes (``fail_first``, ``hang_s``, ``api_key``) and one
   known model name (others get an OpenAI-style 404).
 
@@ -34,6 +40,10 @@ import pytest
 __all__ = [
     "CHAT_TEMPLATE",
     "FakeOpenAIServer",
+    "ReplayBackend",
+    "judge_says_yes",
+    "replay_model_section",
+    "replay_server",
     "build_tiny_model",
     "closed_port",
     "openai_server",
@@ -143,6 +153,76 @@ def tiny_backend(tiny_model_dir: Path):
     backend.close()
 
 
+def judge_says_yes(function_name: str) -> bool:
+    """The replayed docstring verdict for a function: yes exactly when its name has an even length."""
+    return len(function_name) % 2 == 0
+
+
+def _last_function_name(text: str) -> str:
+    """The name of the last ``def NAME(`` in a prompt (the function being asked about)."""
+    import re
+
+    names = re.findall(r"def (\w+)\(", text)
+    return names[-1] if names else "unknown"
+
+
+class ReplayBackend:
+    """Answers the pipeline's few-shot prompts as a well-behaved model would (a model output fixture).
+
+    The answer depends on the header the prompt ends with: ``### Concepts`` gets a list naming the
+    function, ``### Instruction`` an instruction, ``### Response`` a solution and a ``### Tests`` block
+    (sample k: tests pass for even k, fail for odd k), ``### Enough to re-implement`` a yes/no verdict
+    by :func:`judge_says_yes`; anything else (a HumanEval prompt) a one-line body. Every completion
+    stops normally. ``prompts`` records what was asked.
+    """
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def answer(self, prompt: str, index: int) -> str:
+        """The replayed completion ``index`` for ``prompt``."""
+        name = _last_function_name(prompt)
+        if prompt.endswith("### Concepts\n"):
+            return f"- the function {name}\n- early return\n"
+        if prompt.endswith("### Instruction\n"):
+            return f"Write a Python function that doubles a number, in the spirit of {name}.\n"
+        if prompt.endswith("### Response\n"):
+            expected = 4 if index % 2 == 0 else 5
+            return ("Multiply by two.\n\n```python\ndef double(x):\n    return x * 2\n```\n\n"
+                    f"### Tests\n```python\nassert double(2) == {expected}\nassert double(0) == 0\n```\n")
+        if prompt.endswith("### Enough to re-implement\n"):
+            return "yes" if judge_says_yes(name) else "no"
+        return "    return None\n"
+
+    def generate(self, prompts: list[str], params: Any) -> list[list[Any]]:
+        """``params.n`` replayed completions per prompt, each with finish reason ``stop``."""
+        from pipeline.llm import Completion
+
+        self.prompts.extend(prompts)
+        return [[Completion(text=self.answer(p, i), finish_reason="stop") for i in range(params.n)] for p in prompts]
+
+    def generate_chat(self, conversations: list, params: Any) -> list[list[Any]]:
+        """Chat turns are answered like the text of their last user turn."""
+        from pipeline.llm import Completion
+
+        return [[Completion(text=self.answer(c[-1]["content"], i), finish_reason="stop") for i in range(params.n)]
+                for c in conversations]
+
+
+@pytest.fixture(scope="session")
+def replay_server() -> FakeOpenAIServer:
+    """An OpenAI-compatible server answering from a :class:`ReplayBackend` (model name ``replay``)."""
+    server = FakeOpenAIServer(ReplayBackend(), model_name="replay").start()
+    yield server
+    server.stop()
+
+
+def replay_model_section(server: FakeOpenAIServer) -> dict:
+    """The recipe's ``model`` section that points the ``openai`` backend at ``server``."""
+    return {"backend": "openai", "model": server.model_name, "base_url": server.base_url, "max_retries": 0,
+            "show_progress": False}
+
+
 def closed_port() -> int:
     """A local TCP port with nothing listening on it (bound, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -233,6 +313,18 @@ class FakeOpenAIServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
+            def _send_events(self, chunks: list[dict]) -> None:
+                """A server-sent event stream: one ``data:`` line per chunk, then ``data: [DONE]``."""
+                data = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode() + b"data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
             def _authorized(self) -> bool:
                 if server.api_key is None:
                     return True
@@ -283,6 +375,8 @@ class FakeOpenAIServer:
                 if server.max_n is not None and n > server.max_n:
                     return self._send(400, _error(f"n must be at most {server.max_n}.", "invalid_n", param="n"))
                 try:
+                    if body.get("stream"):
+                        return self._send_events(server._stream(path, body))
                     if path == "/v1/completions":
                         return self._send(200, server._complete(body))
                     return self._send(200, server._chat(body))
@@ -327,6 +421,26 @@ class FakeOpenAIServer:
             "choices": choices,
             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
+
+    def _stream(self, path: str, body: dict) -> list[dict]:
+        """The chunks of a streamed answer (``stream: true``), from the backend's own streaming."""
+        params = self._params(body)
+        chat = path == "/v1/chat/completions"
+        with self._gen_lock:
+            if chat:
+                pieces = list(self.backend.stream_chat(body["messages"], params))
+            else:
+                pieces = list(self.backend.stream(body["prompt"], params))
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        stamp = {"id": f"stream-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+                 "model": self.model_name}
+
+        def choice(text: str, finish: str | None) -> dict:
+            if chat:
+                return {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
+            return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+
+        return [{**stamp, "choices": [choice(p, None)]} for p in pieces] + [{**stamp, "choices": [choice("", "stop")]}]
 
     def _chat(self, body: dict) -> dict:
         params = self._params(body)

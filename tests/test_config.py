@@ -26,9 +26,17 @@ def _write(tmp_path, data) -> str:
 def test_recipes_in_configs_validate():
     demo = load_config(REPO / "configs/demo.yaml", MODEL)
     assert demo.stages.seeds.source.kind == "stdlib"
+    assert (demo.model.backend, demo.model.model) == ("llamacpp", "qwen2.5-coder-0.5b-instruct-gguf")
+    evaluated = demo.stages.evaluate.entries()  # both models on transformers, though generation ran on llama.cpp
+    assert [(e.model, e.settings["backend"], e.prompt_format) for e in evaluated] == [
+        ("base", "transformers", "completion"), ("finetuned", "transformers", "completion")]
+    gemma = load_config(REPO / "configs/demo-gemma-base.yaml", MODEL)
+    assert (gemma.model.backend, gemma.model.model) == ("transformers", "gemma3-270m-gguf")
+    mini = load_config(REPO / "configs/mini-repro.yaml", MODEL)
+    assert mini.stages.evaluate.limit is None and mini.stages.responses.n == 5
     paper = load_config(REPO / "configs/selfcodealign-sc2-15b.yaml", MODEL)
     assert paper.model.backend == "vllm" and paper.model.model == "bigcode/starcoder2-15b"
-    assert paper.stages.seeds.source.dataset == "bigcode/the-stack"
+    assert paper.stages.seeds.source.dataset == "bigcode/the-stack-dedup"
     responses = paper.stages.responses
     assert (responses.n, responses.temperature, responses.max_tokens) == (10, 0.7, 1536)
     assert paper.stages.concepts.fewshot_k == 8
@@ -76,7 +84,7 @@ def test_whole_output_filter_must_come_last(tmp_path):
     path = _write(tmp_path, {"run": {"work_dir": "w"}, "stages": {"seeds": {"filters": ["near_dedup", "no_todo"]}}})
     with pytest.raises(ConfigError, match=r"stages\.seeds\.filters: .*no_todo comes after a whole-output filter"):
         load_config(path, MODEL)
-    fine = _write(tmp_path, {"run": {"work_dir": "w"},
+    fine = _write(tmp_path, {"run": {"work_dir": "w"}, "model": {"backend": "openai", "model": "m"},
                              "stages": {"seeds": {"filters": ["no_todo", "docstring_judge", "near_dedup"]}}})
     assert load_config(fine, MODEL).stages.seeds.filters[-2:] == ["docstring_judge", "near_dedup"]
 

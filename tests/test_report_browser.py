@@ -6,8 +6,8 @@ message ended by a NUL byte), so no websocket client or browser driver is
 needed. The test collects console messages, uncaught exceptions and browser
 log entries (a blocked fetch or a Content-Security-Policy violation lands
 there), reads the DOM with ``Runtime.evaluate``, and saves a full-page
-screenshot. Debian's ``chromium`` package provides the browser; without it
-the test is skipped.
+screenshot. Debian's ``chromium`` package provides the browser; without it the test is skipped,
+or fails when the environment variable ``CI`` is set (CI installs it).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, write_recipe
+from tests.conftest import require_installed, run_cli, write_recipe
 from tests.test_report import HOSTILE, SECTION_IDS, report_recipe  # noqa: F401  (report_recipe is a fixture)
 
 CHROMIUM_FLAGS = [
@@ -148,8 +148,7 @@ def console_problems(events: list[dict]) -> list[str]:
 def browser(tmp_path_factory):
     """One headless Chromium for the module."""
     binary = find_chromium()
-    if binary is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); CI installs it")
+    require_installed("Chromium", "not on PATH (Debian: apt-get install chromium)" if binary is None else None)
     folder = tmp_path_factory.mktemp("chromium")
     client = DevToolsPipe(binary, folder / "profile", folder / "chromium.log")
     try:

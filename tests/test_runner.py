@@ -150,13 +150,13 @@ def test_input_override_feeds_a_stage_and_checks_columns(tmp_path, stdlib_corpus
     assert states(runner)["lengths"] == DONE, "a stage fed by --input is done while that input is unchanged"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"title": "x"}) + "\n")
-    with pytest.raises(InputError, match=r"bad.jsonl: missing required column\(s\) name for stage lengths"):
+    with pytest.raises(InputError, match=r"bad.jsonl: line 1: the row lacks required column\(s\) name for stage lengths"):
         runner.run_stage("lengths", input_override=str(bad))
     with pytest.raises(InputError, match="no such file or folder"):
         runner.run_stage("lengths", input_override=str(tmp_path / "absent.parquet"))
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"name": "ok"}\n{"name": \n')
-    with pytest.raises(InputError, match=r"broken.jsonl:2: not valid JSON"):
+    with pytest.raises(InputError, match=r"broken.jsonl: line 2, column 10: not valid JSON: Expecting value"):
         runner.run_stage("lengths", input_override=str(broken), force=True)
 
 
@@ -244,3 +244,30 @@ def test_an_upstream_with_no_rows_is_an_empty_input_not_an_error(tmp_path):
     store.write_manifest({"stage": "up", "rows_in": 3, "rows_out": 3})
     with pytest.raises(InputError, match="missing required column"):
         source.require(["instruction"], "down")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 10])
+def test_duplicate_input_ids_are_dropped_with_their_own_reason(tmp_path, stdlib_corpus, batch_size):
+    """A repeated input id is processed once; each repeat is a dropped row (reason duplicate_input_id) in dropped/
+    and in the manifest, wherever it falls (mid-batch, on a boundary, at the very end); a rerun records none twice."""
+    runner = make_runner(tmp_path, stdlib_corpus, [f"stages.lengths.batch_size={batch_size}"])
+    data = tmp_path / "mine.jsonl"
+    names = [("a", "alpha"), ("a", "again"), ("b", "beta"), ("c", "gamma"), ("b", "beta"), ("d", "delta"), ("d", "x")]
+    data.write_text("".join(json.dumps({"id": i, "name": n}) + "\n" for i, n in names))
+    [manifest] = runner.run(["lengths"], input_override=str(data))
+    assert manifest["rows_in"] == 4 and manifest["rows_out"] == 4
+    assert manifest["dropped"] == {"duplicate_input_id": 3}
+    dropped = runner.store("lengths").read_dropped().to_pylist()
+    assert sorted(d["id"] for d in dropped) == ["a", "b", "d"]
+    assert {d["drop_reason"] for d in dropped} == {"duplicate_input_id"}
+    assert {json.loads(d["duplicate_row"])["name"] for d in dropped} == {"again", "beta", "x"}
+    assert [r["name"] for r in rows(runner, "lengths")] == ["alpha", "beta", "gamma", "delta"]
+    [again] = runner.run(["lengths"], input_override=str(data), force=True)
+    assert again["dropped"] == {"duplicate_input_id": 3}
+    store = runner.store("lengths")
+    for part in store.part_paths()[1::2]:  # as if killed: some batches lost, the manifest not written
+        part.unlink()
+        (store.dropped_dir / part.name).unlink(missing_ok=True)
+    store.manifest_path.unlink()
+    [resumed] = runner.run(["lengths"], input_override=str(data))
+    assert resumed["dropped"] == {"duplicate_input_id": 3} and resumed["rows_out"] == 4

@@ -19,6 +19,7 @@ from sandbox import image as image_module
 from sandbox.container import LABEL, LABEL_RUN, owner_labels
 from sandbox.engine import connect
 from sandbox.pool import remove_stale_containers
+from tests.conftest import require_installed
 
 pytestmark = pytest.mark.docker
 
@@ -35,9 +36,8 @@ def sandbox_image() -> str:
     try:
         return ensure_image(SandboxConfig())
     except SandboxUnavailable as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+        require_installed("Docker and the sandbox image", str(exc))
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -703,8 +703,8 @@ class _DockerSocketProxy:
 
 
 def test_engine_lost_mid_run_raises_sandbox_error(tmp_path, sandbox_image):
-    if not Path("/var/run/docker.sock").exists():
-        pytest.skip("needs the engine on /var/run/docker.sock")
+    sock = Path("/var/run/docker.sock")
+    require_installed("the Docker engine on /var/run/docker.sock", None if sock.exists() else f"no {sock}")
     proxy = _DockerSocketProxy(tmp_path / "docker.sock")
     config = SandboxConfig(workers=2, image=sandbox_image, docker_url=f"unix://{tmp_path / 'docker.sock'}")
     jobs = [Job(id=f"quick{i}", code=OK) for i in range(4)] + [

@@ -19,7 +19,7 @@ from pipeline.runner import Runner
 from pipeline.stage import PlannedStage
 from pipeline.store import StageStore
 from stages import PIPELINE
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, require_installed, run_cli
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
 
 MODEL = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},
@@ -75,8 +75,14 @@ def test_shards_refuse_what_they_cannot_do(tmp_path, stdlib_corpus):
     path = recipe(tmp_path, stdlib_corpus)
     limited = run_cli("--config", str(path), "--stage", "seeds", "--shard", "0/2", "-o", "stages.seeds.max_seeds=5")
     assert limited.returncode == 2 and "output limit" in limited.stderr
-    whole = run_cli("--config", str(path), "--stage", "dedup", "--shard", "0/2", "--input", str(path))
-    assert whole.returncode == 2
+    # a valid input for dedup, so the refusal can only come from the shard check
+    executed = tmp_path / "executed.jsonl"
+    executed.write_text("".join(json.dumps({"id": f"r{i}", "seed_id": "s", "instruction_id": f"i{i}",
+                                            "instruction": "Return one.", "response": "```python\nx = 1\n```",
+                                            "tests": "assert x == 1", "passed": True}) + "\n" for i in range(3)))
+    whole = run_cli("--config", str(path), "--stage", "dedup", "--shard", "0/2", "--input", str(executed))
+    assert whole.returncode == 2 and "stage dedup needs its whole input at once and cannot run as shards" in whole.stderr
+    assert not (tmp_path / "work" / "dedup").exists()
     bad = run_cli("--config", str(path), "--stage", "seeds", "--shard", "3/3")
     assert bad.returncode == 2 and "K must be in 0..N-1" in bad.stderr
 
@@ -84,7 +90,10 @@ def test_shards_refuse_what_they_cannot_do(tmp_path, stdlib_corpus):
 # -- Ray ------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is installed by the ray extra (CI installs it)")
+    try:
+        import ray
+    except ImportError as exc:
+        require_installed("Ray (the ray extra)", str(exc))
     from pipeline.executors.ray_executor import connect
 
     connect(None, workers=2)

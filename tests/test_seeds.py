@@ -137,6 +137,7 @@ def test_seeds_are_top_level_documented_functions_of_the_corpus(tmp_path, stdlib
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_whole_standard_library(tmp_path):
     """The acceptance run: the machine's own standard library, type checking on."""
     seeds = {"source": {"kind": "stdlib"}, "batch_size": 64}

@@ -14,11 +14,12 @@ from pipeline.typecheck import (
     function_has_type_errors,
     typecheck_sources,
 )
+from tests.conftest import require_installed
 
 try:
     find_basedpyright()
-except TypecheckError:  # pragma: no cover - environment without the checker
-    pytest.skip("basedpyright is not installed", allow_module_level=True)
+except TypecheckError as exc:  # pragma: no cover - environment without the checker
+    require_installed("basedpyright", str(exc))
 
 
 CLEAN = textwrap.dedent(

@@ -83,13 +83,27 @@ def from_file(name: str, path: Path) -> Benchmark:
     return Benchmark(name, problems, f"{path} ({fmt} format)", suites)
 
 
+def cached_copy(location: str, cache_dir: Path) -> Path:
+    """Where the download of ``location`` is kept in the cache folder."""
+    return Path(cache_dir) / "benchmarks" / location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def pending_download(spec: str, files: dict[str, str] | None, cache_dir: Path) -> str | None:
+    """The URL loading ``spec`` would download first (not in the cache yet), or None (nothing to download)."""
+    key = spec.strip().lower()
+    location = (files or {}).get(key) or RELEASE_URLS.get(key)
+    if "=" in spec or location is None or "://" not in location or cached_copy(location, cache_dir).is_file():
+        return None
+    return location
+
+
 def from_location(name: str, location: str, cache_dir: Path | None) -> Benchmark:
     """A benchmark from a local path, or from a URL downloaded once into the cache."""
     if "://" not in location:
         return from_file(name, Path(location).expanduser())
     if cache_dir is None:
         raise PipelineError(f"benchmark {name}: no cache folder to download {location} into")
-    target = Path(cache_dir) / "benchmarks" / location.rstrip("/").rsplit("/", 1)[-1]
+    target = cached_copy(location, cache_dir)
     if not target.is_file():
         log.info("benchmark %s: downloading %s", name, location)
         try:

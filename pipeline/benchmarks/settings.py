@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.benchmarks.contenders import ModelEntry
+from pipeline.benchmarks.contenders import BASE, FINETUNED, ModelEntry
 from pipeline.benchmarks.judge import JudgeConfig
 from pipeline.config import StageConfig, not_fingerprinted
 from sandbox import SandboxConfig
@@ -29,8 +29,12 @@ class EvaluateConfig(StageConfig):
     evaluate_finetuned: bool = Field(default=True, description="Without `models`: evaluate the finetune stage's model.")
     prompt_format: Literal["auto", "completion", "chat"] = Field(default="auto", description=(
         "Without `models`: auto is completion for the base model and the chat template for the fine-tuned one."))
+    base_overrides: dict = Field(default_factory=dict, description=(
+        "Model settings that differ for the `base` model here (e.g. {backend: transformers} so that it runs on the "
+        "same engine as the fine-tune when the generation stages used llamacpp); an entry's own settings win."))
     finetuned_overrides: dict = Field(default_factory=dict, description=(
-        "Without `models`: model settings that differ for the fine-tuned model (e.g. base_url, served model name)."))
+        "Model settings that differ for the `finetuned` model (e.g. backend, base_url, served model name); "
+        "an entry's own settings win."))
     greedy: bool = Field(default=True, description="Greedy decoding, one answer per problem (pass@1 as published).")
     samples: int = Field(default=1, ge=1, description="Answers per problem when `greedy` is false (pass@k needs n >= k).")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="The k of pass@k (those <= samples are reported).")
@@ -55,10 +59,10 @@ class EvaluateConfig(StageConfig):
         return self
 
     def entries(self) -> list[ModelEntry]:
-        """The models to evaluate: the list given, else base and/or finetuned."""
-        if self.models:
-            return self.models
+        """The models to evaluate (the list given, else base and/or finetuned), with the base and fine-tune overrides."""
         fmt = self.prompt_format
-        return ([ModelEntry(model="base", prompt_format=fmt)] if self.evaluate_base else []) + (
-            [ModelEntry(model="finetuned", prompt_format=fmt, settings=self.finetuned_overrides)]
-            if self.evaluate_finetuned else [])
+        listed = self.models or ([ModelEntry(model=BASE, prompt_format=fmt)] if self.evaluate_base else []) + (
+            [ModelEntry(model=FINETUNED, prompt_format=fmt)] if self.evaluate_finetuned else [])
+        overrides = {BASE: self.base_overrides, FINETUNED: self.finetuned_overrides}
+        return [e.model_copy(update={"settings": {**overrides[e.model], **e.settings}}) if overrides.get(e.model) else e
+                for e in listed]

@@ -9,7 +9,9 @@ Usage::
         outs[0][1].text, outs[0][1].finish_reason
 
 Backends: ``transformers`` (local, batched; CPU path), ``openai`` (any
-OpenAI-compatible server), ``vllm`` (in-process engine, GPU; optional extra).
+OpenAI-compatible server), ``llamacpp`` (the pipeline serves a GGUF model
+with llama.cpp, continuous batching on the CPU; optional extra), ``vllm``
+(in-process engine, GPU; optional extra).
 Each backend module is imported only when asked for, so importing this
 package does not import torch, openai or vllm.
 """
@@ -25,10 +27,11 @@ from pipeline.llm.base import (
     SamplingParams,
     apply_stop,
 )
-from pipeline.llm.config import GEMMA_GGUF_MODEL, LLMConfig
+from pipeline.llm.config import GEMMA_GGUF_MODEL, QWEN_CODER_GGUF_MODEL, LLMConfig
 
 __all__ = [
     "GEMMA_GGUF_MODEL",
+    "QWEN_CODER_GGUF_MODEL",
     "Backend",
     "BackendError",
     "Completion",
@@ -55,6 +58,10 @@ def create_backend(config: LLMConfig) -> Backend:
         from pipeline.llm.openai_backend import OpenAIBackend
 
         return OpenAIBackend(config)
+    if config.backend == "llamacpp":
+        from pipeline.llm.llamacpp_backend import LlamaCppBackend
+
+        return LlamaCppBackend(config)
     if config.backend == "vllm":
         from pipeline.llm.vllm_backend import VLLMBackend
 

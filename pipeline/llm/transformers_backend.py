@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from transformers import StoppingCriteria
 
 from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
 from pipeline.llm.config import LLMConfig
 from pipeline.llm.models import ensure_gguf_cached, is_gguf, resolve_model
+from pipeline.llm.streaming import stream_with_stops, turn_end_marker
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class TransformersBackend(Backend):
             raise ValueError(f"TransformersBackend needs backend='transformers', got {config.backend!r}")
         self.config = config
         self.device = _pick_device(config.device)
-        source = resolve_model(config.model)
+        source = resolve_model(config.model, config.resolved_cache_dir())
         if is_gguf(source):
             source = str(ensure_gguf_cached(source, config.resolved_cache_dir(), config.dtype))
         self.source = source
@@ -81,16 +82,31 @@ class TransformersBackend(Backend):
 
     def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
         """Render each conversation with the tokenizer's chat template (generation prompt added) and complete it."""
-        if not self.tokenizer.chat_template:
-            raise BackendError(
-                f"model {self.config.model!r} has no chat template (a base model?): use generate() with text prompts"
-            )
-        prompts = [
-            self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-            for conv in conversations
-        ]
+        prompts = [self._chat_prompt(conv) for conv in conversations]
         # The template already holds any BOS token: don't add another.
         return self._run(prompts, params, add_special_tokens=False)
+
+    def supports_chat(self) -> bool:
+        """Whether the tokenizer has a chat template."""
+        return bool(self.tokenizer.chat_template)
+
+    def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
+        """Stream one completion of a raw text prompt (TextIteratorStreamer, generation in a thread)."""
+        return self._stream(prompt, params, add_special_tokens=True)
+
+    def stream_chat(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
+        """Stream the next answer, ending at the template's end-of-turn marker (or end of sequence)."""
+        prompt = self._chat_prompt(conversation)
+        marker = turn_end_marker(self.tokenizer)
+        ends: set[int] = set()
+        stops: list[str] = []
+        if marker:
+            ids = self.tokenizer.encode(marker, add_special_tokens=False)
+            if len(ids) == 1:
+                ends.add(ids[0])
+            else:
+                stops.append(marker)
+        return self._stream(prompt, params, add_special_tokens=False, extra_eos=ends, extra_stop=stops)
 
     def close(self) -> None:
         """Drop the model and free accelerator memory."""
@@ -106,6 +122,75 @@ class TransformersBackend(Backend):
             pass
 
     # -- internals --------------------------------------------------------
+
+    def _chat_prompt(self, conversation: Conversation) -> str:
+        """A conversation rendered by the chat template, generation prompt added."""
+        if not self.tokenizer.chat_template:
+            raise BackendError(
+                f"model {self.config.model!r} has no chat template (a base model?): use generate() with text prompts"
+            )
+        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    def _generation_config(self, params: SamplingParams, per_prompt: int, eos_ids: set[int]):
+        """transformers' GenerationConfig for these sampling parameters."""
+        from transformers import GenerationConfig
+
+        gen = GenerationConfig(
+            max_new_tokens=params.max_tokens,
+            do_sample=not params.greedy,
+            num_return_sequences=per_prompt,
+            eos_token_id=sorted(eos_ids) or None,
+            pad_token_id=self._pad_id,
+        )
+        if params.repetition_penalty != 1.0:
+            gen.repetition_penalty = params.repetition_penalty
+        if not params.greedy:
+            gen.temperature = params.temperature
+            gen.top_p = params.top_p
+            gen.top_k = 0
+        return gen
+
+    def _stream(self, prompt: str, params: SamplingParams, *, add_special_tokens: bool,
+                extra_eos: set[int] = frozenset(), extra_stop: Sequence[str] = ()) -> Iterator[str]:
+        """Generate in a thread and yield decoded text as it comes; closing the iterator stops generation."""
+        import threading
+
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        if self.model is None:
+            raise BackendError("backend is closed")
+        stop = [*params.stop, *extra_stop]
+        enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=add_special_tokens)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        gen = self._generation_config(params, 1, self._eos_ids | set(extra_eos))
+        cancel = threading.Event()
+        criteria = StoppingCriteriaList([_Cancelled(cancel)])
+        if any(stop):
+            criteria.append(_StopOnGeneratedText(self.tokenizer, stop, enc["input_ids"].shape[1]))
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+
+        def work() -> None:
+            try:
+                with torch.random.fork_rng(devices=devices), torch.inference_mode():
+                    if params.seed is not None:
+                        torch.manual_seed(_batch_seed(params.seed, [prompt]))
+                    self.model.generate(**enc, generation_config=gen, stopping_criteria=criteria, streamer=streamer)
+            except BaseException as e:  # handed to the reading thread
+                failure.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="transformers-stream", daemon=True)
+        thread.start()
+        try:
+            yield from stream_with_stops(streamer, stop)
+        finally:
+            cancel.set()
+            thread.join()
+        if failure:
+            raise BackendError(f"generation failed: {_one_line(failure[0])}") from failure[0]
 
     def _run(self, prompts: list[str], params: SamplingParams, *, add_special_tokens: bool) -> list[list[Completion]]:
         if self.model is None:
@@ -140,28 +225,16 @@ class TransformersBackend(Backend):
         self, prompts: list[str], params: SamplingParams, add_special_tokens: bool
     ) -> list[list[Completion]]:
         import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import StoppingCriteriaList
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         prompt_len = enc["input_ids"].shape[1]
         per_prompt = 1 if params.greedy else params.n
-        gen = GenerationConfig(
-            max_new_tokens=params.max_tokens,
-            do_sample=not params.greedy,
-            num_return_sequences=per_prompt,
-            eos_token_id=sorted(self._eos_ids) or None,
-            pad_token_id=self._pad_id,
-        )
+        gen = self._generation_config(params, per_prompt, self._eos_ids)
         criteria = StoppingCriteriaList()
         if any(params.stop):
             criteria.append(_StopOnGeneratedText(self.tokenizer, params.stop, prompt_len))
-        if params.repetition_penalty != 1.0:
-            gen.repetition_penalty = params.repetition_penalty
-        if not params.greedy:
-            gen.temperature = params.temperature
-            gen.top_p = params.top_p
-            gen.top_k = 0
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             if params.seed is not None:
@@ -230,6 +303,18 @@ class _StopOnGeneratedText(StoppingCriteria):
         tails = self.tokenizer.batch_decode(new[:, -self.window :], skip_special_tokens=True)
         hits = [any(s in t for s in self.stop) for t in tails]
         return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+
+class _Cancelled(StoppingCriteria):
+    """Stop every row once the reader of a stream has gone away (the event is set)."""
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _pick_device(device: str):

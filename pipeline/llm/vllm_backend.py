@@ -32,7 +32,7 @@ from pipeline.llm.models import resolve_model
 def vllm_engine_kwargs(config: LLMConfig) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM(...)`` from an :class:`LLMConfig` (pure function)."""
     kwargs: dict[str, Any] = {
-        "model": resolve_model(config.model),
+        "model": resolve_model(config.model, config.resolved_cache_dir()),
         "dtype": config.dtype,
         "tensor_parallel_size": config.tensor_parallel_size,
         "gpu_memory_utilization": config.gpu_memory_utilization,

@@ -32,7 +32,10 @@ tensor shapes), else its ``config.json``. It is an estimate: allocator
 fragmentation and kernel workspaces can add some percent.
 
 ``python -m pipeline.training.memory --model starcoder2-15b --seq-len 1280 --batch 1 --bf16``
-prints the estimate for the paper's settings.
+prints the estimate for the paper's settings; ``--table`` the fit of every
+multi-GPU layout (DDP, FSDP, ZeRO-3, offload, LoRA, QLoRA) on 1/2/4/8 GPUs of
+24/40/80 GB (:mod:`pipeline.training.layouts`); ``--layout L --gpus N`` one
+layout's parts.
 """
 
 from __future__ import annotations
@@ -160,13 +163,36 @@ def shape_from_dir(folder: str | Path) -> ModelShape:
     return shape
 
 
+def shape_from_gguf(path: str | Path) -> ModelShape:
+    """A GGUF model's shape from its header alone: dimensions from the metadata, tensors from their infos."""
+    from pipeline.llm.gguf_header import read_gguf_header
+
+    meta, tensors = read_gguf_header(path, tensors=True)
+    arch = str(meta.get("general.architecture", ""))
+
+    def field(key: str, default: int | None = None) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        if not isinstance(value, int):
+            raise PipelineError(f"{path}: the GGUF header lacks {arch}.{key}; cannot estimate the model's memory")
+        return value
+
+    hidden, n_heads = field("embedding_length"), field("attention.head_count")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = tokens.length if hasattr(tokens, "length") else field("vocab_size")
+    return ModelShape(Path(path).stem, field("block_count"), hidden, n_heads, field("attention.head_count_kv", n_heads),
+                      field("attention.key_length", hidden // n_heads), field("feed_forward_length"), vocab,
+                      arch.startswith(GATED_TYPES), list(tensors.values()))
+
+
 def lookup(model: str) -> ModelShape | None:
-    """The shape of a known architecture or a local model directory; None when neither."""
+    """The shape of a known architecture, a local model directory or a ``.gguf`` file; None when none of these."""
     key = ALIASES.get(model, model).lower()
     if key in KNOWN_MODELS:
         return KNOWN_MODELS[key]()
     if Path(model).is_dir():
         return shape_from_dir(model)
+    if model.lower().endswith(".gguf") and Path(model).is_file():
+        return shape_from_gguf(model)
     return None
 
 
@@ -296,12 +322,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-checkpointing", action="store_true", help="mark the total without checkpointing")
     parser.add_argument("--cpu", action="store_true", help="no fused attention kernel, CPU overhead")
     parser.add_argument("--check", action="store_true", help="also compare with this machine's memory")
+    parser.add_argument("--table", action="store_true",
+                        help="print which layout (ddp, fsdp, zero3, offload, lora, qlora) fits on 1/2/4/8 GPUs of "
+                             "24/40/80 GB instead")
+    parser.add_argument("--layout", help="print one layout's estimate (with --gpus)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs for --layout (default 1)")
     args = parser.parse_args(argv)
     shape = lookup(args.model)
     if shape is None:
         print(f"error: unknown model {args.model!r}: give a local model directory or one of "
               f"{', '.join(KNOWN_MODELS)}", file=sys.stderr)
         return 2
+    if args.table or args.layout:
+        from pipeline.training import layouts
+
+        options = dict(seq_len=args.seq_len, batch=args.batch, bf16=args.bf16, checkpointing=not args.no_checkpointing)
+        if args.layout and args.layout not in layouts.LAYOUTS:
+            print(f"error: unknown layout {args.layout!r}; known: {', '.join(layouts.LAYOUTS)}", file=sys.stderr)
+            return 2
+        print(layouts.fit_table(shape, **options) if args.table else
+              layouts.describe(layouts.layout_estimate(shape, args.layout, max(args.gpus, 1), **options)))
+        return 0
     est = estimate(shape, args.seq_len, args.batch, bf16=args.bf16, fused_attention=not args.cpu, cuda=not args.cpu)
     checkpointing = not args.no_checkpointing
     print(format_estimate(est, checkpointing))

@@ -23,7 +23,7 @@ def resolve_model_dir(model: str, cache_dir: str | Path) -> str:
     """A directory or Hub id ``from_pretrained`` can load (GGUF models are converted once to a cache)."""
     from pipeline.llm.models import ensure_gguf_cached, is_gguf, resolve_model
 
-    source = resolve_model(model)
+    source = resolve_model(model, cache_dir)
     if is_gguf(source):
         source = str(ensure_gguf_cached(source, cache_dir, "float32"))
     return source
@@ -48,18 +48,25 @@ def force_dropout(config, probability: float) -> dict[str, float]:
     return changed
 
 
-def load_for_training(model_dir: str, dtype, dropout: float, vocab_size: int):
-    """Load a causal LM for full fine-tuning; return ``(model, changed dropout fields)``.
+def load_for_training(model_dir: str, dtype, dropout: float, vocab_size: int, quantization=None):
+    """Load a causal LM for fine-tuning; return ``(model, changed dropout fields)``.
 
     ``vocab_size`` is the tokenizer's length: the embeddings grow to it when
     tokens were added (new rows start at the mean of the old ones).
+    ``quantization`` (a transformers quantization config, for QLoRA) loads the
+    weights quantized onto this process's GPU.
     """
+    import os
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_dir)
     changed = force_dropout(config, dropout)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype)
+    extra = {}
+    if quantization is not None:
+        extra = {"quantization_config": quantization, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype, **extra)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = dropout

@@ -1,0 +1,284 @@
+"""Continuous batching on llama.cpp: many sequences decoded together on the CPU.
+
+One GGUF model, one llama.cpp context with ``slots`` sequences sharing its KV
+cache, one thread that owns them. Requests wait in a queue; whenever a slot
+is free, the next sequence takes it: its prompt is decoded (in chunks of
+``n_batch`` tokens), and from then on every step decodes one new token for
+every busy slot in a single ``llama_decode`` call. Decoding several sequences
+at once reads the weights once per step for all of them, which is where the
+speed comes from on a CPU (at one sequence, the weights' memory traffic
+dominates).
+
+* A request for ``n`` completions becomes ``n`` sequences; those admitted
+  together decode the prompt once and copy its KV cache to the others.
+* Sampling per sequence, with the meaning the other backends give it:
+  temperature 0 is greedy; otherwise temperature, then top-p, then a draw
+  from a generator seeded with ``seed + i`` for the i-th completion (random
+  when no seed). No top-k or min-p. ``repetition_penalty`` (when not 1)
+  divides positive logits (multiplies negative ones) of every token already
+  in the prompt or the answer, as transformers does.
+* A sequence ends with ``"stop"`` at an end-of-generation token or a stop
+  string (the text is cut before it), with ``"length"`` at ``max_tokens`` or
+  when its slot's context (``ctx_per_slot`` tokens) is full.
+
+llama.cpp's threads spin while they wait for each other, so a context with
+more threads than free cores slows to a crawl: the server sizes ``threads``
+before it starts (see :mod:`pipeline.llm.llamacpp_backend`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SequenceJob:
+    """One completion to generate: prompt tokens, sampling settings, and (when done) its result."""
+
+    tokens: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    group: object = None  # jobs of one request share it: admitted together, they share the prompt
+    text: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Slot:
+    """A busy sequence in the KV cache."""
+
+    seq: int
+    job: SequenceJob
+    sampler: object
+    pos: int
+    last_token: int = -1
+    pieces: bytearray = field(default_factory=bytearray)
+    checked: int = 0
+
+
+class LlamaCppEngine:
+    """A GGUF model served to many sequences at once by one decoding thread."""
+
+    def __init__(self, model_path: str, *, threads: int, slots: int, ctx_per_slot: int, n_batch: int = 512) -> None:
+        import llama_cpp as L
+
+        self.L = L
+        L.llama_backend_init()
+        params = L.llama_model_default_params()
+        self.model = L.llama_model_load_from_file(model_path.encode(), params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp cannot load {model_path}")
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.slots = slots
+        self.ctx_per_slot = min(ctx_per_slot, L.llama_model_n_ctx_train(self.model))
+        self.n_batch = n_batch
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = self.ctx_per_slot * slots
+        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_seq_max = slots
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # one cache: a prompt decoded once can be copied to sibling sequences
+        self.ctx = L.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp cannot create a context for {model_path}")
+        self.memory = L.llama_get_memory(self.ctx)
+        self.batch = L.llama_batch_init(max(n_batch, slots), 0, 1)
+        self.queue: queue.Queue[SequenceJob] = queue.Queue()
+        self.busy: dict[int, _Slot] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
+        self.stats = {"steps": 0, "generated_tokens": 0, "prompt_tokens": 0}
+
+    # -- text <-> tokens ---------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of ``text`` (special tokens written in the text are parsed as such)."""
+        data = text.encode()
+        capacity = len(data) + 16
+        buf = (self.L.llama_token * capacity)()
+        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:
+            buf = (self.L.llama_token * -n)()
+            n = self.L.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (special tokens render as nothing unless ``special``)."""
+        buf = ctypes.create_string_buffer(64)
+        n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def chat_template(self) -> str | None:
+        """The chat template stored in the GGUF file, if any."""
+        raw = self.L.llama_model_chat_template(self.model, None)
+        return raw.decode() if raw else None
+
+    def special_text(self, which: str) -> str:
+        """The text of the bos or eos token ('' when the model has none)."""
+        token = getattr(self.L, f"llama_vocab_{which}")(self.vocab)
+        return self.piece(token, special=True).decode(errors="replace") if token >= 0 else ""
+
+    # -- the loop ----------------------------------------------------------------
+    def start(self) -> "LlamaCppEngine":
+        """Start the decoding thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the decoding thread (unfinished jobs end with an error)."""
+        self._stopping.set()
+        self._thread.join(timeout=30)
+
+    def submit(self, jobs: list[SequenceJob]) -> None:
+        """Queue jobs (one request's jobs share a ``group``); wait on each job's ``done``."""
+        for job in jobs:
+            self.queue.put(job)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._admit()
+                if not self.busy:
+                    time.sleep(0.005)
+                    continue
+                self._step()
+            except Exception as e:  # keep serving: fail the jobs in flight, clear the cache
+                log.exception("engine step failed")
+                for slot in list(self.busy.values()):
+                    self._finish(slot, "stop", error=f"{type(e).__name__}: {e}")
+        for slot in list(self.busy.values()):
+            self._finish(slot, "stop", error="server stopping")
+
+    def _admit(self) -> None:
+        """Give free slots to queued jobs; jobs of one request admitted together share one prompt decode."""
+        free = [s for s in range(self.slots) if s not in self.busy]
+        admitted: list[SequenceJob] = []
+        while len(admitted) < len(free):
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            admitted.append(job)
+        groups: dict[int, list[SequenceJob]] = {}
+        for job in admitted:
+            groups.setdefault(id(job.group) if job.group is not None else id(job), []).append(job)
+        for jobs in groups.values():
+            seqs = [free.pop(0) for _ in jobs]
+            self._start_sequences(jobs, seqs)
+
+    def _start_sequences(self, jobs: list[SequenceJob], seqs: list[int]) -> None:
+        """Decode the shared prompt into the first sequence, copy it to the others, sample each first token."""
+        L = self.L
+        tokens = jobs[0].tokens
+        if len(tokens) >= self.ctx_per_slot:
+            for job in jobs:
+                self._fail(job, f"prompt has {len(tokens)} tokens; the context per slot is {self.ctx_per_slot}")
+            return
+        for seq in seqs:
+            L.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        last_index = 0
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            self._fill_batch([(tok, start + i, seqs[0], start + i == len(tokens) - 1) for i, tok in enumerate(chunk)])
+            if L.llama_decode(self.ctx, self.batch) != 0:
+                raise RuntimeError("llama_decode failed on a prompt (KV cache full?)")
+            last_index = len(chunk) - 1
+        self.stats["prompt_tokens"] += len(tokens)
+        for seq in seqs[1:]:
+            L.llama_memory_seq_cp(self.memory, seqs[0], seq, -1, -1)
+        for job, seq in zip(jobs, seqs):
+            slot = _Slot(seq=seq, job=job, sampler=self._sampler(job), pos=len(tokens))
+            self.busy[seq] = slot
+            self._take(slot, L.llama_sampler_sample(slot.sampler, self.ctx, last_index))
+
+    def _sampler(self, job: SequenceJob):
+        """A sampler chain for one sequence: penalty, then greedy or temperature + top-p + seeded draw."""
+        L = self.L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if job.repetition_penalty != 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
+                self.n_vocab, self.ctx_per_slot, job.repetition_penalty, 0.0, 0.0))
+            for tok in job.tokens:
+                L.llama_sampler_accept(chain, tok)
+        if job.temperature == 0.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            seed = job.seed if job.seed is not None else random.getrandbits(32)
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(job.temperature))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(job.top_p, 1))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed % 2**32))
+        return chain
+
+    def _fill_batch(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """Put (token, position, sequence, wants logits) entries into the reusable batch."""
+        b = self.batch
+        for i, (tok, pos, seq, logits) in enumerate(entries):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(entries)
+
+    def _step(self) -> None:
+        """Decode one token for every busy sequence and sample the next."""
+        L = self.L
+        slots = list(self.busy.values())
+        self._fill_batch([(s.last_token, s.pos, s.seq, True) for s in slots])
+        if L.llama_decode(self.ctx, self.batch) != 0:
+            raise RuntimeError("llama_decode failed (KV cache full?)")
+        self.stats["steps"] += 1
+        for i, slot in enumerate(slots):
+            slot.pos += 1
+            self._take(slot, L.llama_sampler_sample(slot.sampler, self.ctx, i))
+
+    def _take(self, slot: _Slot, token: int) -> None:
+        """Append a sampled token to its sequence, or end the sequence (end token, stop string, limits)."""
+        job = slot.job
+        if self.L.llama_vocab_is_eog(self.vocab, token):
+            return self._finish(slot, "stop")
+        job.completion_tokens += 1
+        self.stats["generated_tokens"] += 1
+        slot.pieces += self.piece(token)
+        slot.last_token = token
+        if job.stop:
+            text = slot.pieces.decode(errors="replace")
+            start = max(0, slot.checked - max(len(s) for s in job.stop) - 4)  # 4: a character still incomplete
+            cut = min((i for i in (text.find(s, start) for s in job.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                job.text = text[:cut]
+                return self._finish(slot, "stop", keep_text=True)
+            slot.checked = len(text)
+        if job.completion_tokens >= job.max_tokens or slot.pos + 1 >= self.ctx_per_slot:
+            return self._finish(slot, "length")
+
+    def _finish(self, slot: _Slot, reason: str, keep_text: bool = False, error: str | None = None) -> None:
+        job = slot.job
+        if not keep_text:
+            job.text = slot.pieces.decode(errors="replace")
+        job.finish_reason = reason
+        job.error = error
+        self.L.llama_sampler_free(slot.sampler)
+        self.L.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+        del self.busy[slot.seq]
+        job.done.set()
+
+    @staticmethod
+    def _fail(job: SequenceJob, message: str) -> None:
+        job.error = message
+        job.done.set()
