@@ -121,7 +121,8 @@ def test_base_and_finetuned_overrides_apply_to_their_entries_and_entry_settings_
                          finetuned_overrides={"backend": "openai"},
                          models=[{"model": "base"}, {"model": "finetuned", "settings": {"backend": "vllm"}},
                                  {"model": "/models/other"}])
-    assert [e.settings for e in cfg.entries()] == [{"backend": "transformers", "device": "cpu"}, {"backend": "vllm"}, {}]
+    assert [e.settings for e in cfg.entries()] == [{"backend": "transformers", "device": "cpu"},
+                                                   {"backend": "vllm"}, {}]
     defaults = EvaluateConfig(base_overrides={"backend": "transformers"}).entries()
     assert [(e.model, e.settings) for e in defaults] == [("base", {"backend": "transformers"}), ("finetuned", {})]
 
@@ -324,7 +325,8 @@ def make_runner(tmp_path, evaluate_stage, model: str, model_dir: str, work: str 
                 **evaluate) -> Runner:
     """A runner over the stand-in finetune stage and ``evaluate_stage``, with a small recipe."""
     recipe = {
-        "run": {"work_dir": str(tmp_path / work), "batch_size": 4},
+        # the stand-in finetune stage reads no rows
+        "run": {"work_dir": str(tmp_path / work), "batch_size": 4, "allow_empty_input": True},
         "model": {"backend": "transformers", "model": model, "device": "cpu", "dtype": "float32",
                   "show_progress": False, "batch_size": model_batch},
         "stages": {"finetune": {"model_dir": model_dir},

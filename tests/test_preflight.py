@@ -211,7 +211,8 @@ def test_evaluate_checks_every_model_on_every_benchmark(tmp_path, docker_engine)
     assert result.returncode == 1, result.stdout + result.stderr
     for model, fmt in (("base", "completion"), ("finetuned", "chat")):
         for bench, count in (("humaneval", 20), ("mine", 2)):
-            (size,) = [r for r in table_rows(result.stdout, f"evaluate ({model}, {bench})") if "prompt + max_tokens" in r]
+            rows = table_rows(result.stdout, f"evaluate ({model}, {bench})")
+            (size,) = [r for r in rows if "prompt + max_tokens" in r]
             assert f"({count} problems, {fmt} format)" in size and "(tokenizer)" in size
     too_long = re.findall(r"^evaluate \((\w+), humaneval\): longest prompt ([\d,]+) tokens \(tokenizer\) \+ "
                           r"stages\.evaluate\.max_tokens 32,700 = [\d,]+ > context_length in the GGUF header 32,768$",

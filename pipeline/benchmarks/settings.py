@@ -59,7 +59,7 @@ class EvaluateConfig(StageConfig):
         return self
 
     def entries(self) -> list[ModelEntry]:
-        """The models to evaluate (the list given, else base and/or finetuned), with the base and fine-tune overrides."""
+        """The models to evaluate (the list given, else base and/or finetuned), with their overrides applied."""
         fmt = self.prompt_format
         listed = self.models or ([ModelEntry(model=BASE, prompt_format=fmt)] if self.evaluate_base else []) + (
             [ModelEntry(model=FINETUNED, prompt_format=fmt)] if self.evaluate_finetuned else [])
