@@ -7,7 +7,9 @@ Each benchmark problem contributes
 * needles: for HumanEval, the entry point's signature + docstring (the prompt
   from ``def <entry_point>`` on), its docstring alone, any helper function
   given in full in the prompt, and the canonical solution body; for a JSONL
-  benchmark, the value of each chosen field (e.g. MBPP ``code`` and ``text``);
+  benchmark, the value of each chosen field (e.g. MBPP ``code`` and ``text``;
+  ``pipeline.benchmark_data`` knows the fields of MBPP and DS-1000 and loads
+  them from the Hub or from a local copy);
 * a haystack: the whole problem (HumanEval prompt + canonical solution; for
   JSONL, the chosen fields joined).
 
@@ -36,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -263,20 +266,33 @@ class BenchmarkIndex:
 
 
 class BenchmarkFile(BaseModel):
-    """A benchmark to decontaminate against (config): a JSONL file and the fields holding prompts/solutions."""
+    """A benchmark to decontaminate against (config): a local file, in a known benchmark's format or by fields."""
 
     model_config = ConfigDict(extra="forbid")
-    path: Path = Field(description="JSONL (optionally .gz) file of benchmark problems, e.g. MBPP.")
+    path: Path = Field(description="JSONL (optionally .gz), JSON or Parquet file of benchmark problems.")
+    format: Literal["fields", "mbpp", "ds1000", "humaneval"] = Field(
+        default="fields",
+        description="fields: the listed fields hold prompts/solutions (JSONL); mbpp, ds1000, humaneval: a copy of "
+        "that benchmark in its Hub layout (fields ignored).",
+    )
     fields: list[str] = Field(
         default_factory=lambda: ["prompt", "text", "code"], description="Fields holding prompts or solutions."
     )
 
 
-def benchmark_index(files: Sequence[BenchmarkFile] = ()) -> BenchmarkIndex:
-    """HumanEval (built in) plus the benchmark files a config lists."""
+def benchmark_index(files: Sequence[BenchmarkFile] = (), builtin: Sequence[str] = ()) -> BenchmarkIndex:
+    """HumanEval (built in), the ``builtin`` benchmarks from the Hub (e.g. mbpp, ds1000) and the listed files."""
+    from pipeline.benchmark_data import load_benchmark
+    from pipeline.errors import ConfigError
+
+    entries = humaneval_entries()
+    for name in builtin:
+        entries.extend(load_benchmark(name))
     for file in files:
         if not Path(file.path).is_file():
-            from pipeline.errors import ConfigError
-
             raise ConfigError(f"benchmark file {file.path} does not exist")
-    return BenchmarkIndex.build([(f.path, f.fields) for f in files])
+        if file.format == "fields":
+            entries.extend(jsonl_entries(file.path, file.fields))
+        else:
+            entries.extend(load_benchmark(file.format, file.path))
+    return BenchmarkIndex(entries)

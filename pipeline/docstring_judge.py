@@ -20,8 +20,7 @@ from pydantic import Field
 
 from pipeline.config import ExistingFile, StrictModel, not_fingerprinted
 from pipeline.fewshot import DEFAULT_JUDGE_BANK, JudgeBank, JudgeExample, load_judge_bank
-from pipeline.generation import ask
-from pipeline.ids import stable_id
+from pipeline.generation import ask, row_seed
 from pipeline.preflight import Check, PreflightContext, RowEstimate
 from pipeline.progress import progress
 from pipeline.prompting import ParseFailure, PromptTask, section
@@ -148,11 +147,10 @@ def judge_docstrings(backend: Any, rows: Iterable[dict], settings: JudgeSettings
         for start in range(0, len(rows), settings.batch_size):
             chunk = rows[start : start + settings.batch_size]
             prompts = [judge_prompt(task, bank, settings, seed, row) for row in chunk]
-            params = SamplingParams(
-                n=settings.samples, temperature=settings.temperature, max_tokens=ANSWER_TOKENS, stop=task.stop(),
-                seed=int(stable_id(seed, "docstring_judge", *(r["id"] for r in chunk)), 16) % 2**31,
-            )
-            for row, answers in zip(chunk, ask(backend, task, prompts, params, chat=chat)):
+            params = SamplingParams(n=settings.samples, temperature=settings.temperature, max_tokens=ANSWER_TOKENS,
+                                    stop=task.stop())
+            seeds = [row_seed(seed, "docstring_judge", row["id"]) for row in chunk]
+            for row, answers in zip(chunk, ask(backend, task, prompts, params, chat=chat, seeds=seeds)):
                 yes = sum(1 for _, parsed in answers if not isinstance(parsed, ParseFailure) and parsed["yes"])
                 verdicts[row["id"]] = yes * 2 > len(answers)
             bar.update(len(chunk))

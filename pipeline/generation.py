@@ -2,7 +2,8 @@
 
 A generation stage is a map stage whose batch function builds one prompt per
 input row (k bank examples chosen by the run seed and the row id), asks the
-configured backend for ``n`` completions each, and parses every completion
+configured backend for ``n`` completions each (sampled with a seed of the
+row's own, so a row's completions do not depend on its batch), and parses every completion
 with its task. A completion that hit the token limit is dropped as
 ``truncated``; one that does not parse is dropped with its parser's reason.
 Everything else becomes an output row carrying the ids back to its seed.
@@ -165,21 +166,26 @@ class GenerationStage(MapStage):
                              max_tokens_key=f"stages.{self.name}.max_tokens", n=self.config.n,
                              rows=ctx.rows_in(self.name), sample=where)
 
-    def sampling(self, rows: list[dict]):
-        """Sampling parameters for a batch; the seed depends on the run seed and the batch's rows."""
+    def sampling(self):
+        """The sampling parameters of every prompt (the seeds are per row: :meth:`row_seed`)."""
         from pipeline.llm import SamplingParams
 
         cfg = self.config
         return SamplingParams(
             n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-            repetition_penalty=cfg.repetition_penalty, stop=self.task.stop(), seed=int(stable_id(self.seed, self.name, *(r["id"] for r in rows)), 16) % 2**31,
+            repetition_penalty=cfg.repetition_penalty, stop=self.task.stop(),
         )
+
+    def row_seed(self, row: dict) -> int:
+        """The sampling seed of one row: the run seed, the stage and the row id, never its batch."""
+        return row_seed(self.seed, self.name, row["id"])
 
     def process_batch(self, rows: list[dict]) -> BatchResult:
         """Prompt the model for every row of the batch and parse each completion."""
         self.setup()
         prompts = [self.build_prompt(row) for row in rows]
-        answers = ask(self._backend, self.task, prompts, self.sampling(rows), chat=self.config.mode == "chat")
+        seeds = [self.row_seed(row) for row in rows]
+        answers = ask(self._backend, self.task, prompts, self.sampling(), chat=self.config.mode == "chat", seeds=seeds)
         result = BatchResult()
         result.count("prompts", len(rows))
         for row, samples in zip(rows, answers):
@@ -193,13 +199,20 @@ class GenerationStage(MapStage):
         return result
 
 
-def ask(backend, task: PromptTask, prompts: list, params, chat: bool = False) -> list[list[tuple[Any, Any]]]:
-    """Send prompts (text, or chat messages when ``chat``) and parse every completion with ``task``.
+def row_seed(run_seed: int, step: str, row_id: str) -> int:
+    """A sampling seed for one row of one step, from the run seed and the row id alone."""
+    return int(stable_id(run_seed, step, row_id), 16) % 2**31
+
+
+def ask(backend, task: PromptTask, prompts: list, params, chat: bool = False,
+        seeds: list[int] | None = None) -> list[list[tuple[Any, Any]]]:
+    """Send prompts (text, or chat messages when ``chat``), each with its seed, and parse every completion.
 
     Returns, per prompt, ``(completion, parsed fields or ParseFailure)`` for each of the n samples; a
     completion that hit the token limit is a ``ParseFailure("truncated")``.
     """
-    outputs = backend.generate_chat(prompts, params) if chat else backend.generate(prompts, params)
+    generate = backend.generate_chat if chat else backend.generate
+    outputs = generate(prompts, params, seeds=seeds)
     answers = []
     for completions in outputs:
         parsed = [

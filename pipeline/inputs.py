@@ -185,7 +185,8 @@ class FileSource(InputSource):
         return None
 
     def is_empty(self) -> bool:
-        return self.count() == 0 if self.count() is not None else super().is_empty()
+        rows = self.count()
+        return rows == 0 if rows is not None else super().is_empty()
 
 
 def _parquet_columns(path: Path) -> list[str]:

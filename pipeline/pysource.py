@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import symtable
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ class FunctionInfo:
             ``numpy``; ``from os import path`` + ``path`` gives ``os``). A
             file-level ``from M import *`` counts as used by every function.
             Relative imports are ignored.
+        file_names: names of the file's own module-level definitions (functions,
+            classes, variables; not imports) that the function uses, in its body,
+            decorators, defaults or annotations (its own name excluded). A
+            function with none stands alone given its file's imports.
+        imports: the file's module-level import statements, as written (also
+            ``try``/``if`` blocks made only of imports), so the function can be
+            checked as a unit of its own: ``imports + code``.
     """
 
     name: str
@@ -84,6 +92,13 @@ class FunctionInfo:
     returns_value: bool
     is_generator: bool
     modules: frozenset[str]
+    file_names: frozenset[str] = frozenset()
+    imports: str = ""
+
+    @property
+    def standalone_source(self) -> str:
+        """The function as a file of its own: the file's imports, then the function."""
+        return f"{self.imports}\n\n\n{self.code}\n" if self.imports else f"{self.code}\n"
 
     @property
     def has_todo(self) -> bool:
@@ -216,6 +231,79 @@ def _analyse_function(
     return returns_value, is_generator, frozenset(modules)
 
 
+def _only_imports(stmt: ast.stmt, nested: bool = False) -> bool:
+    """Whether ``stmt`` is an absolute import, ``pass``, or a ``try``/``if`` block made only of those
+    (where a fallback such as ``ujson = None`` may stand in for an import)."""
+    if isinstance(stmt, ast.Import) or (isinstance(stmt, ast.ImportFrom) and not stmt.level):
+        return True
+    if isinstance(stmt, ast.Pass) or (nested and isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)):
+        return True
+    if isinstance(stmt, (ast.Try, ast.If)):
+        blocks = [stmt.body, stmt.orelse, getattr(stmt, "finalbody", [])]
+        blocks += [h.body for h in getattr(stmt, "handlers", [])]
+        return all(_only_imports(s, nested=True) for block in blocks for s in block)
+    return False
+
+
+def _file_imports(tree: ast.Module, lines: list[str]) -> str:
+    """The source of the module's import statements (and import-only ``try``/``if`` blocks), in order."""
+    kept = [
+        "\n".join(lines[stmt.lineno - 1 : stmt.end_lineno])
+        for stmt in tree.body
+        if not isinstance(stmt, ast.Pass) and _only_imports(stmt)
+    ]
+    return "\n".join(kept)
+
+
+def _bound_names(target: ast.AST) -> Iterable[str]:
+    """Names an assignment target binds (``a``, ``a, (b, *c)``)."""
+    for node in ast.walk(target):
+        if isinstance(node, ast.Name):
+            yield node.id
+
+
+def _file_definitions(tree: ast.Module) -> frozenset[str]:
+    """Names the module binds itself at file level: defs, classes, assignments, loop/with targets (not imports)."""
+    names: set[str] = set()
+    stack: list[ast.stmt] = list(tree.body)
+    while stack:
+        stmt = stack.pop()
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+            continue
+        if isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                names.update(_bound_names(target))
+        elif isinstance(stmt, (ast.AnnAssign, ast.AugAssign)):
+            names.update(_bound_names(stmt.target))
+        elif isinstance(stmt, (ast.For, ast.AsyncFor)):
+            names.update(_bound_names(stmt.target))
+        elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+            for item in stmt.items:
+                if item.optional_vars is not None:
+                    names.update(_bound_names(item.optional_vars))
+        for field in ("body", "orelse", "finalbody"):
+            stack.extend(getattr(stmt, field, None) or [])
+        for handler in getattr(stmt, "handlers", None) or []:
+            stack.extend(handler.body)
+        for case in getattr(stmt, "cases", None) or []:
+            stack.extend(case.body)
+    return frozenset(names)
+
+
+def _global_references(code: str, name: str) -> frozenset[str]:
+    """Names ``code`` (one function) looks up in its module's namespace, its own name left out."""
+    top = symtable.symtable(code, "<function>", "exec")
+    found: set[str] = {s.get_name() for s in top.get_symbols() if s.is_referenced()}
+    stack = list(top.get_children())
+    while stack:
+        table = stack.pop()
+        stack.extend(table.get_children())
+        found.update(s.get_name() for s in table.get_symbols() if s.is_global() and s.is_referenced())
+    found.discard(name)
+    return frozenset(found)
+
+
 def _normalise_newlines(source: str) -> str:
     if "\r" in source:
         source = source.replace("\r\n", "\n").replace("\r", "\n")
@@ -262,6 +350,8 @@ def extract_functions(source: str) -> list[FunctionInfo]:
 
     lines = source.split("\n")
     bindings, star_modules = _file_import_bindings(tree)
+    imports = _file_imports(tree, lines)
+    definitions = _file_definitions(tree) - bindings.keys()
     out: list[FunctionInfo] = []
     for node in candidates:
         start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
@@ -278,10 +368,11 @@ def extract_functions(source: str) -> list[FunctionInfo]:
             + (args.kwarg is not None)
         )
         returns_value, is_generator, modules = _analyse_function(node, bindings, star_modules)
+        code = "\n".join(lines[start - 1 : end])
         out.append(
             FunctionInfo(
                 name=node.name,
-                code="\n".join(lines[start - 1 : end]),
+                code=code,
                 docstring=ast.get_docstring(node, clean=True) or "",
                 lineno=start,
                 end_lineno=end,
@@ -291,6 +382,8 @@ def extract_functions(source: str) -> list[FunctionInfo]:
                 returns_value=returns_value,
                 is_generator=is_generator,
                 modules=modules,
+                file_names=_global_references(code, node.name) & definitions,
+                imports=imports,
             )
         )
     return out

@@ -214,7 +214,7 @@ class Runner:
         ctx = StageContext(self.config, name, entry.upstream, executor, input_override=input_override)
         source = stage.input_source(ctx, input_override)
         source.require(list(stage.input_columns), name)
-        if source.is_empty():
+        if stage.input_columns and source.is_empty():  # a stage that reads no columns needs no rows
             check_empty_input_allowed(name, source.description, self.config.run.allow_empty_input)
         ctx.source = source
         return stage, ctx

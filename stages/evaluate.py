@@ -22,7 +22,6 @@ interrupted run resumes where it stopped; verdicts are cached by program.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from pipeline.benchmarks.source import BenchmarkSource
 from pipeline.benchmarks.summary import EvaluationReport, judged_comparison
 from pipeline.errors import PipelineError
 from pipeline.execution import SandboxSession, sandbox_preflight
+from pipeline.generation import row_seed
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.preflight import FAIL, WARN, Check, RowEstimate
@@ -235,7 +235,7 @@ class EvaluateStage(WholeStage):
         Its ``samples`` answers are the backend's draws 0..n-1 from this seed, so
         the row of (task, sample index) does not depend on what it was batched with.
         """
-        return int(stable_id(self.seed, self.name, contender.label, benchmark, task_id), 16) % 2**31
+        return row_seed(self.seed, self.name, stable_id(contender.label, benchmark, task_id))
 
     def evaluate(self, contender: Contender, bench, problems: list, backend, harness, store) -> None:
         """Answer, run and commit ``problems`` for one model, one batch (one Parquet part) at a time."""
@@ -249,12 +249,10 @@ class EvaluateStage(WholeStage):
                 batch = problems[start : start + size]
                 seeds = [self.row_seed(contender, bench.name, p.task_id) for p in batch]
                 if contender.prompt_format == "chat":
-                    outputs = generate_seeded(backend.generate_chat, [chat_messages(p) for p in batch],
-                                              self.sampling([]), seeds)
+                    outputs = backend.generate_chat([chat_messages(p) for p in batch], self.sampling([]), seeds=seeds)
                 else:
                     stop = sorted(set.intersection(*(set(stop_strings(p)) for p in batch)))
-                    outputs = generate_seeded(backend.generate, [completion_prompt(p) for p in batch],
-                                              self.sampling(stop), seeds)
+                    outputs = backend.generate([completion_prompt(p) for p in batch], self.sampling(stop), seeds=seeds)
                 answers = [Answer(p.task_id, c.text, contender.prompt_format, i)
                            for p, outs in zip(batch, outputs) for i, c in enumerate(outs)]
                 finish = [c.finish_reason for outs in outputs for c in outs]
@@ -280,16 +278,3 @@ class EvaluateStage(WholeStage):
                 "time_limit_s": base.time_limit_s, "duration_s": base.duration_s, "stderr": base.stderr,
                 "program_hash": base.program_hash}
 
-
-def generate_seeded(generate, prompts: list, params, seeds: list[int]) -> list:
-    """``generate(prompts, params)`` with one sampling seed per prompt.
-
-    A backend that takes per-prompt ``seeds`` gets them in one call; with one
-    that does not, greedy decoding (no seed matters) is one call and sampling
-    one call per prompt, seeded with that prompt's seed.
-    """
-    if "seeds" in inspect.signature(generate).parameters:
-        return generate(prompts, params, seeds=seeds)
-    if params.temperature == 0:
-        return generate(prompts, params)
-    return [generate([p], params.model_copy(update={"seed": seed}))[0] for p, seed in zip(prompts, seeds)]

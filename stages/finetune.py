@@ -18,7 +18,9 @@ assistant turns) is rendered with a chat format (the plain
 instruction/response layout by default, a ChatML-style one with special
 tokens as an option) and tokenised; the loss is computed on the assistant
 answers only, their end markers included: every system and user token is
-labelled -100. Conversations longer than ``max_length`` tokens are truncated
+labelled -100. Special-token text inside a turn (a user typing
+``<|assistant|>``) is tokenised as plain text: only the template writes
+control tokens. Conversations longer than ``max_length`` tokens are truncated
 (or dropped, ``overflow: drop``); one row per conversation records its token
 count and what became of it (``kept``, ``truncated``; dropped ones under
 ``dropped/`` with their reason).
@@ -31,6 +33,14 @@ same command after a crash resumes from the last one. The result, model,
 tokenizer and chat template together, is saved in ``finetune/model/``, so
 ``AutoTokenizer.from_pretrained(...).apply_chat_template(messages)`` renders
 conversations exactly as in training; the loss curve is ``finetune/loss.png``.
+
+Beyond one device (``accelerate launch`` with a layout from
+``configs/accelerate/``: DDP, FSDP, DeepSpeed ZeRO-3) every process trains
+and only the main one writes rows, checkpoints' shared files, the model and
+the manifest; the accumulation is divided among the processes so the
+effective batch stays the recipe's. ``adapter: lora`` (or ``qlora``) trains
+PEFT adapters only, saved in ``finetune/adapter/``, and ``finetune/model/``
+then holds the base with the adapter merged in.
 """
 
 from __future__ import annotations
@@ -69,9 +79,10 @@ class FinetuneConfig(AdapterOptions):
                     "instruction tables become conversations.")
     base_model: str | None = Field(
         default=None, description="Model to fine-tune (directory, Hub id, .gguf, or a model alias such as 'gemma3-270m-gguf'); default: model.model.")
-    chat_format: Literal["instruction", "chatml"] = Field(
+    chat_format: Literal["instruction", "starcoder2-instruct", "chatml"] = Field(
         default="instruction",
-        description="'instruction': ### Instruction / ### Response blocks; 'chatml': <|system|> <|user|> "
+        description="'instruction': ### Instruction / ### Response blocks; 'starcoder2-instruct': the released "
+                    "StarCoder2-15B-Instruct format (BOS, its system line, the same blocks, EOS); 'chatml': <|system|> <|user|> "
                     "<|assistant|> <|end|> special tokens (added to the tokenizer when missing).")
     system_prompt: str | None = Field(
         default=None, description="Preamble for conversations without a system turn; default: the format's own.")
@@ -88,7 +99,9 @@ class FinetuneConfig(AdapterOptions):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         default="linear", description="Learning-rate schedule after warm-up.")
     weight_decay: float = Field(default=0.0, ge=0, description="Weight decay.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    max_grad_norm: float | None = Field(
+        default=None, gt=0, description="Gradient clipping norm; None: no clipping, as published."
+    )
     max_length: int = Field(default=1280, ge=8, description="Tokens per conversation at most.")
     overflow: Literal["truncate", "drop"] = Field(
         default="truncate", description="What to do with longer conversations: cut them, or drop them.")
@@ -293,7 +306,7 @@ class FinetuneStage(WholeStage):
             warmup_steps=cfg.warmup_ratio,
             optim=cfg.optimizer,
             weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
+            max_grad_norm=cfg.max_grad_norm or 0.0,  # 0 switches the Trainer's clipping off
             bf16=bf16,
             use_cpu=not cuda,
             activation_checkpointing=cfg.gradient_checkpointing,
@@ -328,7 +341,7 @@ class FinetuneStage(WholeStage):
         from transformers import Trainer
 
         from pipeline.training.adapters import attach_adapter, quantization_config
-        from pipeline.training.distributed import resume_checkpoint
+        from pipeline.training.distributed import check_layout_device, resume_checkpoint
         from pipeline.training.modeling import load_for_training, resolve_model_dir
 
         cfg = self.config
@@ -352,11 +365,14 @@ class FinetuneStage(WholeStage):
             raise PipelineError(f"finetune: none of the {len(encoded)} input conversations can be trained on "
                                 "(see finetune/dropped/ for the reasons)")
         cuda = torch.cuda.is_available()
+        check_layout_device(layouts.launched_layout(cfg.adapter), cuda)
         bf16 = bool(cfg.bf16 and cuda and torch.cuda.is_bf16_supported())
         fit = self.fit_estimate(model_dir, encoder.added_tokens, bf16, cuda)
 
         tokenizer = encoder.tokenizer
         dtype = torch.bfloat16 if bf16 else torch.float32
+        checkpoints = store.dir / "checkpoints"
+        args = self.training_arguments(checkpoints, bf16, cuda)  # first: under ZeRO-3 the model then loads sharded
         model, forced = load_for_training(model_dir, dtype, cfg.dropout, len(tokenizer),
                                           quantization_config() if cfg.adapter == "qlora" else None)
         if forced:
@@ -364,8 +380,6 @@ class FinetuneStage(WholeStage):
         if cfg.adapter != "none":
             model = attach_adapter(model, cfg, train_embeddings=encoder.added_tokens > 0,
                                    checkpointing=cfg.gradient_checkpointing)
-        checkpoints = store.dir / "checkpoints"
-        args = self.training_arguments(checkpoints, bf16, cuda)
         trainer = Trainer(
             model=model, args=args,
             train_dataset=ConversationDataset(self.train_rows(examples)),

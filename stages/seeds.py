@@ -13,10 +13,15 @@ first filter a function fails is its drop reason:
   setuptools, distutils, matplotlib, seaborn (configurable);
 * ``max_lines``: at most 150 lines;
 * ``has_arguments``: at least one argument;
+* ``self_contained``: the function uses none of its file's own module-level
+  helpers, constants or classes (imports are fine), so it stands alone as a seed;
 * ``typechecks``: no error from a pyright-family checker (basedpyright at pyright's
-  standard level), the function checked in its own file so its imports resolve;
-* ``not_benchmark``: not taken from HumanEval prompts or solutions (or other
-  benchmark files listed in ``benchmark_files``);
+  standard level). As published, each function is checked as a unit of its own:
+  its file's import statements, then the function (``typecheck_unit: function``);
+  ``typecheck_unit: file`` checks it inside its whole file instead;
+* ``not_benchmark``: not taken from HumanEval prompts or solutions, nor from the
+  ``benchmarks`` loaded from the Hub (MBPP in the paper recipe) or listed in
+  ``benchmark_files`` (local copies, in a benchmark's own format or by fields);
 * ``near_dedup``: one function kept per cluster of near-duplicates (MinHash over
   word 5-gram shingles of the source, Jaccard 0.5, datasketch LSH); it compares
   seeds across all batches, so it runs once every batch is committed and must
@@ -53,13 +58,13 @@ from pipeline.stage import BatchResult, MapStage
 from pipeline.typecheck import TypecheckError, function_has_type_errors, typecheck_sources
 
 FilterName = Literal[
-    "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments",
+    "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments", "self_contained",
     "typechecks", "not_benchmark", "docstring_judge", "near_dedup",
 ]
 WHOLE_OUTPUT_FILTERS = ("docstring_judge", "near_dedup")
 DEFAULT_FILTERS = [
-    "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments", "not_benchmark", "typechecks",
-    "near_dedup",
+    "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments", "not_benchmark",
+    "self_contained", "typechecks", "near_dedup",
 ]
 BANNED = ["os", "sys", "subprocess", "argparse", "setuptools", "distutils", "matplotlib", "seaborn"]
 
@@ -104,11 +109,22 @@ class SeedsConfig(StageConfig):
         description="How no_todo looks for todo/fixme/bug: substring (as published; 'debug' and 'todos' drop too) "
         "or word (whole words only).",
     )
+    typecheck_unit: Literal["function", "file"] = Field(
+        default="function",
+        description="What typechecks checks: each function alone with its file's imports (as published) or the "
+        "function inside its whole file.",
+    )
     max_lines: int = Field(default=150, gt=0, description="Longest seed function, in lines.")
     min_args: int = Field(default=1, ge=0, description="Fewest arguments a seed function takes.")
+    benchmarks: list[Literal["mbpp", "ds1000"]] = Field(
+        default_factory=list,
+        description="Benchmarks loaded from the Hub to decontaminate against, besides HumanEval (the paper "
+        "recipe: mbpp); offline, give a local copy in benchmark_files instead.",
+    )
     benchmark_files: list[BenchmarkFile] = Field(
         default_factory=list,
-        description="Extra benchmark JSONL files (e.g. MBPP) to decontaminate against, besides HumanEval.",
+        description="Local benchmark files (JSONL by fields, or MBPP / DS-1000 / HumanEval in their own format) to "
+        "decontaminate against, besides HumanEval.",
     )
     max_seeds: int | None = Field(
         default=None, gt=0,
@@ -216,7 +232,7 @@ class SeedsStage(MapStage):
 
     def setup(self) -> None:
         if "not_benchmark" in self.config.filters and self._benchmarks is None:
-            self._benchmarks = benchmark_index(self.config.benchmark_files)
+            self._benchmarks = benchmark_index(self.config.benchmark_files, self.config.benchmarks)
 
     # -- the stage -----------------------------------------------------------
     def process_batch(self, rows: list[dict]) -> BatchResult:
@@ -269,8 +285,25 @@ class SeedsStage(MapStage):
         """Keep functions taking at least ``min_args`` arguments."""
         return [fn.num_args >= self.config.min_args for _, fn in candidates]
 
+    def self_contained(self, candidates: list[Candidate]) -> list[bool]:
+        """Keep functions that use none of their file's own helpers, constants or classes."""
+        return [not fn.file_names for _, fn in candidates]
+
     def typechecks(self, candidates: list[Candidate]) -> list[bool]:
-        """Keep functions with no type error, checking each file of the batch once in one checker run."""
+        """Keep functions with no type error; one checker run for the whole batch."""
+        if self.config.typecheck_unit == "file":
+            return self._typecheck_in_files(candidates)
+        units = {f"u{i:05d}.py": fn.standalone_source for i, (_, fn) in enumerate(candidates)}
+        diagnostics = typecheck_sources(units) if units else {}
+        verdicts = []
+        for name, (_, fn) in zip(units, candidates):
+            last = units[name].count("\n")  # the function is the unit's last lines
+            first = last - fn.num_lines + 1
+            verdicts.append(not function_has_type_errors(diagnostics.get(name, []), first, last))
+        return verdicts
+
+    def _typecheck_in_files(self, candidates: list[Candidate]) -> list[bool]:
+        """Check each file of the batch once and keep functions whose own lines have no error."""
         files = {file["id"]: file["content"] for file, _ in candidates}
         names = {fid: f"f{i:05d}.py" for i, fid in enumerate(files)}
         try:
@@ -343,6 +376,7 @@ FILTERS: dict[str, Callable[[SeedsStage, list[Candidate]], list[bool]]] = {
     "no_banned_imports": SeedsStage.no_banned_imports,
     "max_lines": SeedsStage.max_lines,
     "has_arguments": SeedsStage.has_arguments,
+    "self_contained": SeedsStage.self_contained,
     "typechecks": SeedsStage.typechecks,
     "not_benchmark": SeedsStage.not_benchmark,
 }

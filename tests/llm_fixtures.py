@@ -10,7 +10,8 @@
   pipeline's own prompts (what a good model would answer, with no model at all):
   well-formed concepts, instructions, responses with tests (sample k passes its
   tests when k is even and fails them when odd) and docstring verdicts (yes when
-  the function's name has an even length, see :func:`judge_says_yes`), served by
+  the function's name has an even length, see :func:`judge_says_yes`) and HumanEval
+  answers (canonical for even problem numbers, wrong for odd ones), served by
   a :class:`FakeOpenAIServer` so the real ``openai`` backend and command line run.
 * :class:`FakeOpenAIServer` / fixture ``openai_server``: a local
   OpenAI-compatible HTTP server (stdlib ``http.server`` in a thread on
@@ -158,19 +159,20 @@ def judge_says_yes(function_name: str) -> bool:
     return len(function_name) % 2 == 0
 
 
-def _last_function_name(text: str) -> str:
-    """The name of the last ``def NAME(`` in a prompt (the function being asked about)."""
+def _query_match(pattern: str, prompt: str) -> str:
+    """The first match of ``pattern`` in the prompt's query (after its last example header), or ``unknown``."""
     import re
 
-    names = re.findall(r"def (\w+)\(", text)
-    return names[-1] if names else "unknown"
+    found = re.search(pattern, prompt.rsplit("\n## Example", 1)[-1])
+    return found.group(1) if found else "unknown"
 
 
 class ReplayBackend:
     """Answers the pipeline's few-shot prompts as a well-behaved model would (a model output fixture).
 
     The answer depends on the header the prompt ends with: ``### Concepts`` gets a list naming the
-    function, ``### Instruction`` an instruction, ``### Response`` a solution and a ``### Tests`` block
+    function, ``### Instruction`` an instruction naming that function again, ``### Response`` a solution
+    (``double_<that name>``) and a ``### Tests`` block
     (sample k: tests pass for even k, fail for odd k), ``### Enough to re-implement`` a yes/no verdict
     by :func:`judge_says_yes`; anything else (a HumanEval prompt) a one-line body. Every completion
     stops normally. ``prompts`` records what was asked.
@@ -181,17 +183,29 @@ class ReplayBackend:
 
     def answer(self, prompt: str, index: int) -> str:
         """The replayed completion ``index`` for ``prompt``."""
-        name = _last_function_name(prompt)
+        name = _query_match(r"def (\w+)\(", prompt)
         if prompt.endswith("### Concepts\n"):
             return f"- the function {name}\n- early return\n"
         if prompt.endswith("### Instruction\n"):
-            return f"Write a Python function that doubles a number, in the spirit of {name}.\n"
+            seed = _query_match(r"the function (\w+)", prompt)
+            return f"Write a Python function that doubles a number, in the spirit of {seed}.\n"
         if prompt.endswith("### Response\n"):
+            func = "double_" + _query_match(r"in the spirit of (\w+)", prompt)
             expected = 4 if index % 2 == 0 else 5
-            return ("Multiply by two.\n\n```python\ndef double(x):\n    return x * 2\n```\n\n"
-                    f"### Tests\n```python\nassert double(2) == {expected}\nassert double(0) == 0\n```\n")
+            return (f"Multiply by two.\n\n```python\ndef {func}(x):\n    return x * 2\n```\n\n"
+                    f"### Tests\n```python\nassert {func}(2) == {expected}\nassert {func}(0) == 0\n```\n")
         if prompt.endswith("### Enough to re-implement\n"):
             return "yes" if judge_says_yes(name) else "no"
+        return self.humaneval_answer(prompt)
+
+    @staticmethod
+    def humaneval_answer(prompt: str) -> str:
+        """A HumanEval prompt: the canonical solution for even problem numbers, a wrong body for odd ones."""
+        from pipeline.humaneval import humaneval_problems
+
+        problem = next((p for p in humaneval_problems() if p["prompt"] == prompt), None)
+        if problem is not None and int(problem["task_id"].split("/")[1]) % 2 == 0:
+            return problem["canonical_solution"]
         return "    return None\n"
 
     def generate(self, prompts: list[str], params: Any) -> list[list[Any]]:

@@ -77,7 +77,7 @@ def test_each_step_drops_what_it_should(tmp_path):
     assert reason["f"] == "format_placeholder" and reason["g"] == "contaminated"
     assert [reason.get("a1"), reason.get("a2")].count("extra_response") == 1
     assert [reason.get("h1"), reason.get("h2")].count("exact_duplicate") == 1
-    assert [reason.get("n1"), reason.get("n2")].count("near_duplicate") == 1
+    assert [reason.get("n1"), reason.get("n2")].count("near_duplicate_instruction") == 1
     assert "u" not in reason
     assert manifest["rows_in"] == 12 and manifest["rows_out"] == len(kept) == 4
     assert sum(manifest["dropped"].values()) == len(dropped) == 8

@@ -1,4 +1,4 @@
-"""The docstring judge: prompt, parsing, the majority rule, and a real run in the seeds stage."""
+"""The docstring judge: prompt, parsing, the majority rule, and a run in the seeds stage through the command line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pipeline.llm import Backend, Completion
 from pipeline.prompting import ParseFailure
 from pipeline.store import StageStore
 from tests.conftest import run_cli, write_recipe
-from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
+from tests.llm_fixtures import judge_says_yes, replay_model_section, replay_server  # noqa: F401 - fixture
+from tests.llm_fixtures import _openai_server_session, openai_server, tiny_backend, tiny_model_dir  # noqa: F401
 
 CODE = 'def double(x):\n    """Return twice x."""\n    y = x * 2\n    return y\n'
 
@@ -24,7 +25,7 @@ class ScriptedBackend(Backend):
         self.answers = answers_by_marker
         self.prompts: list[str] = []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         self.prompts.extend(prompts)
         out = []
         for prompt in prompts:
@@ -32,7 +33,7 @@ class ScriptedBackend(Backend):
             out.append([Completion(text=t, finish_reason="stop") for t in self.answers[marker][: params.n]])
         return out
 
-    def generate_chat(self, conversations, params):
+    def generate_chat(self, conversations, params, seeds=None):
         raise AssertionError("not used")
 
 
@@ -67,19 +68,41 @@ def test_majority_rule_ties_and_unclear_count_as_no():
     assert four == {"clear": True, "tie": False}, "2 yes of 4 is a tie: no"
 
 
-def test_judge_in_the_seeds_stage_with_a_real_model(tmp_path, stdlib_corpus, tiny_model_dir):
+def test_judge_in_the_seeds_stage_drops_exactly_the_no_verdicts(tmp_path, stdlib_corpus, replay_server):
+    """The model's verdicts come from the replay backend over the OpenAI API: yes for even-length names."""
     recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "work",
-                          source={"kind": "local", "paths": [str(stdlib_corpus / "textwrap.py")]},
+                          source={"kind": "local", "paths": [str(stdlib_corpus / "textwrap.py"),
+                                                             str(stdlib_corpus / "heapq.py")]},
                           filters=["returns_value", "docstring_judge"],
                           docstring_judge={"samples": 3, "fewshot_k": 2})
     data = yaml.safe_load(recipe.read_text())
-    data["model"] = {"backend": "transformers", "model": str(tiny_model_dir), "device": "cpu", "show_progress": False}
+    data["model"] = replay_model_section(replay_server)
     recipe.write_text(yaml.safe_dump(data))
     result = run_cli("--config", str(recipe), "--stage", "seeds")
     assert result.returncode == 0, result.stderr
     store = StageStore(tmp_path / "work", "seeds")
+    kept = {r["name"] for r in store.read_table().to_pylist()}
+    judged_out = {r["name"] for r in store.read_dropped().to_pylist() if r["drop_reason"] == "docstring_judge"}
+    assert kept and judged_out, "the judge must keep some seeds and drop others"
+    assert all(judge_says_yes(name) for name in kept) and not any(judge_says_yes(name) for name in judged_out)
     manifest = store.read_manifest()
-    judged = manifest["stats"]["functions_found"] - manifest["dropped"].get("returns_value", 0)
-    assert judged > 0
-    assert manifest["rows_out"] + manifest["dropped"].get("docstring_judge", 0) == judged
+    assert manifest["dropped"]["docstring_judge"] == len(judged_out) and manifest["rows_out"] == len(kept)
     assert "model" in manifest["config"], "the judge's model is part of the stage's config and fingerprint"
+
+
+def test_each_function_is_judged_with_its_own_seed_whatever_the_batch(openai_server):
+    """The judge's answers for a function are sampled with a seed from the run seed and that function's id, so
+    judging it alone or among others asks the server the very same thing."""
+    from pipeline.llm import LLMConfig, create_backend
+
+    rows = [{"id": f"f{i}", "code": CODE.replace("double", f"double{i}")} for i in range(5)]
+    asked = []
+    for batch_size in (1, 3, 16):
+        openai_server.reset()
+        config = LLMConfig(backend="openai", model=openai_server.model_name, base_url=openai_server.base_url,
+                           show_progress=False)
+        with create_backend(config) as client:
+            judge_docstrings(client, rows, JudgeSettings(samples=2, fewshot_k=1, batch_size=batch_size), seed=7)
+        asked.append(sorted((req["prompt"], req["seed"]) for req in openai_server.seen))
+    assert asked[0] == asked[1] == asked[2]
+    assert len({seed for _, seed in asked[0]}) == len(rows)

@@ -25,6 +25,7 @@ from pipeline.benchmarks.answers import (
     truncate_completion,
 )
 from pipeline.benchmarks.catalog import load_benchmark
+from pipeline.benchmarks.contenders import Contender
 from pipeline.benchmarks.harness import Answer, Harness
 from pipeline.benchmarks.judge import OUTCOMES, combine, parse_verdict
 from pipeline.benchmarks.source import BenchmarkSource
@@ -127,34 +128,9 @@ def test_base_and_finetuned_overrides_apply_to_their_entries_and_entry_settings_
     assert [(e.model, e.settings) for e in defaults] == [("base", {"backend": "transformers"}), ("finetuned", {})]
 
 
-class SeedsPerCall(Backend):
-    """A backend stand-in that records the seed of every prompt it is asked (``params.seed``, one per call)."""
-
-    def __init__(self):
-        self.calls: list[list[tuple[str, int | None]]] = []
-
-    def generate(self, prompts, params):
-        self.calls.append([(p, params.seed) for p in prompts])
-        return [[Completion(text="", finish_reason="stop")] * params.n for _ in prompts]
-
-    def generate_chat(self, conversations, params):
-        return self.generate([c[-1]["content"] for c in conversations], params)
-
-
-class SeedsPerPrompt(SeedsPerCall):
-    """The same, for a backend that takes one seed per prompt in a call."""
-
-    def generate(self, prompts, params, seeds=None):
-        self.calls.append(list(zip(prompts, seeds)))
-        return [[Completion(text="", finish_reason="stop")] * params.n for _ in prompts]
-
-
 def test_sampling_seeds_are_per_problem_never_per_batch(tmp_path):
-    """Each problem samples with its own seed (run seed, model, benchmark, task) whatever it is batched with."""
+    """Each problem samples with its own seed (run seed, model, benchmark, task), whatever it is batched with."""
     from types import SimpleNamespace
-
-    from pipeline.benchmarks.contenders import Contender
-    from stages.evaluate import generate_seeded
 
     def stage(seed: int) -> EvaluateStage:
         run = SimpleNamespace(run=SimpleNamespace(seed=seed, work_dir=str(tmp_path)), model=None)
@@ -163,21 +139,12 @@ def test_sampling_seeds_are_per_problem_never_per_batch(tmp_path):
     base, other = Contender("base", None, "m", "completion"), Contender("other", None, "m", "completion")
     tasks = [p.task_id for p in PROBLEMS[:4]]
     seeds = [stage(1).row_seed(base, "humaneval", t) for t in tasks]
-    assert len(set(seeds)) == 4
+    assert len(set(seeds)) == 4 and seeds == [stage(1).row_seed(base, "humaneval", t) for t in tasks]
     assert stage(1).row_seed(other, "humaneval", tasks[0]) != seeds[0]
     assert stage(1).row_seed(base, "mbpp", tasks[0]) != seeds[0]
     assert stage(2).row_seed(base, "humaneval", tasks[0]) != seeds[0]
     params = stage(1).sampling([])
-    assert params.seed is None and params.n == 3
-    one_call = SeedsPerPrompt()
-    assert len(generate_seeded(one_call.generate, tasks, params, seeds)[0]) == 3
-    assert one_call.calls == [list(zip(tasks, seeds))]
-    per_prompt = SeedsPerCall()
-    generate_seeded(per_prompt.generate, tasks, params, seeds)
-    assert per_prompt.calls == [[(t, s)] for t, s in zip(tasks, seeds)]
-    greedy = SeedsPerCall()
-    generate_seeded(greedy.generate, tasks, params.model_copy(update={"temperature": 0.0}), seeds)
-    assert greedy.calls == [[(t, None) for t in tasks]], "greedy decoding needs no seed: one batched call"
+    assert params.seed is None and params.n == 3, "no batch-wide seed: the seeds go per prompt"
 
 
 def test_judge_verdicts_and_both_orders():
@@ -236,6 +203,7 @@ class ReplayBackend(Backend):
         self.request_answer = request_answer
         self.fail_after = fail_after
         self.seen: list[str] = []
+        self.seeds: dict[str, int | None] = {}  # the sampling seed each problem was asked with
 
     def _answer(self, prompt_text: str) -> str:
         problem = next((p for p in PROBLEMS if p.prompt.rstrip() in prompt_text), None)
@@ -246,10 +214,16 @@ class ReplayBackend(Backend):
         self.seen.append(problem.task_id)
         return self.answers[problem.task_id]
 
-    def generate(self, prompts, params):
+    def _seeded(self, texts, seeds) -> None:
+        found = [next((p.task_id for p in PROBLEMS if p.prompt.rstrip() in t), None) for t in texts]
+        self.seeds.update({task: seed for task, seed in zip(found, seeds or [None] * len(texts)) if task})
+
+    def generate(self, prompts, params, seeds=None):
+        self._seeded(prompts, seeds)
         return [[Completion(text=self._answer(p), finish_reason="stop")] for p in prompts]
 
-    def generate_chat(self, conversations, params):
+    def generate_chat(self, conversations, params, seeds=None):
+        self._seeded([c[-1]["content"] for c in conversations], seeds)
         return [[Completion(text=f"```python\n{self._answer(c[-1]['content'])}```", finish_reason="stop")]
                 for c in conversations]
 
@@ -325,8 +299,7 @@ def make_runner(tmp_path, evaluate_stage, model: str, model_dir: str, work: str 
                 **evaluate) -> Runner:
     """A runner over the stand-in finetune stage and ``evaluate_stage``, with a small recipe."""
     recipe = {
-        # the stand-in finetune stage reads no rows
-        "run": {"work_dir": str(tmp_path / work), "batch_size": 4, "allow_empty_input": True},
+        "run": {"work_dir": str(tmp_path / work), "batch_size": 4},
         "model": {"backend": "transformers", "model": model, "device": "cpu", "dtype": "float32",
                   "show_progress": False, "batch_size": model_batch},
         "stages": {"finetune": {"model_dir": model_dir},
@@ -362,6 +335,11 @@ def test_stage_end_to_end_with_replayed_answers(tmp_path):
     assert first["status"] == "passed" and first["program"].endswith("check(has_close_elements)\n")
     assert first["time_limit_s"] >= 4.0 and first["plus_passed"] is None
     assert set(first) == set(EvaluateStage.output_columns)
+    stage = runner.stage("evaluate")
+    for backend, label in zip(ReplayEvaluate.backends[-2:], ("base", "finetuned")):
+        contender = Contender(label, None, "", "")
+        assert backend.seeds == {f"HumanEval/{i}": stage.row_seed(contender, "humaneval", f"HumanEval/{i}")
+                                 for i in range(10)}, "one seed per problem, whatever its batch"
     saved = json.loads((tmp_path / "work" / "evaluate" / "manifest.json").read_text())
     assert saved["results"] == manifest["results"]
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import threading
+import time
 
 import pytest
 import yaml
@@ -85,10 +89,6 @@ def test_no_docker_engine_is_a_clear_error_before_any_work(tmp_path):
 def test_a_sandbox_fault_is_not_cached_and_a_plain_rerun_retries_it(tmp_path):
     """Killing the container twice under a job gives status ``error`` (the sandbox's fault, not the program's):
     that verdict must not be cached, and the same command again (no --force) runs the program afresh."""
-    import os
-    import threading
-    import time
-
     from pipeline.cli import _model_config_class
     from pipeline.config import build_config_model, load_config
     from pipeline.execution import program_hash
@@ -110,31 +110,32 @@ def test_a_sandbox_fault_is_not_cached_and_a_plain_rerun_retries_it(tmp_path):
     runner = Runner(load_config(recipe, model), PIPELINE)
     client = connect()
     killed: list[str] = []
+    finished = threading.Event()
 
-    def kill_twice() -> None:
-        deadline = time.monotonic() + 60
-        while len(killed) < 2 and time.monotonic() < deadline:
-            mine = client.containers.list(filters={"label": f"{LABEL_OWNER_PID}={os.getpid()}"})
-            for container in mine:
+    def kill_every_container() -> None:
+        """Kill each container of this process 1.5 s after it shows up, until the run is over."""
+        while not finished.is_set():
+            for container in client.containers.list(filters={"label": f"{LABEL_OWNER_PID}={os.getpid()}"}):
                 if container.id not in killed:
                     time.sleep(1.5)  # let the job start inside it
                     try:
                         container.kill()
-                        killed.append(container.id)
                     except Exception:  # already gone
                         pass
+                    killed.append(container.id)
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_twice)
+    killer = threading.Thread(target=kill_every_container)
     killer.start()
-    runner.run(["execute"], input_override=str(data))
-    killer.join()
+    try:
+        runner.run(["execute"], input_override=str(data))
+    finally:
+        finished.set()
+        killer.join()
     store = StageStore(tmp_path / "work", "execute")
     [row] = store.read_table().to_pylist()
     assert row["status"] == "error", row
     cache = tmp_path / "work" / "cache" / "verdicts.sqlite"
-    import sqlite3
-
     with sqlite3.connect(cache) as db:
         cached = [h for (h,) in db.execute("SELECT program FROM verdicts")]
     assert program_hash(build_program(rows[0]["response"], rows[0]["tests"])) not in cached

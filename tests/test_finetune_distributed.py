@@ -3,9 +3,10 @@
 Everything runs for real on the tiny random model: the two-process runs go
 through ``accelerate launch`` with ``configs/accelerate/ddp.yaml`` (on a
 machine without CUDA the Trainer's ``use_cpu`` makes accelerate pick the gloo
-backend). FSDP and ZeRO-3 cannot run here: accelerate 1.x turns FSDP on only
-for accelerator devices (``MULTI_CPU`` is not among them) and DeepSpeed needs
-CUDA, so their configs are only parsed and checked.
+backend). FSDP and ZeRO-3 cannot run here: accelerate's FSDP plugin stops
+with "no available devices" without an accelerator (and its multi-CPU mode
+never turns FSDP on) and DeepSpeed needs CUDA, so their configs are only
+parsed and checked, and the stage's refusal on CPUs is tested.
 """
 
 from __future__ import annotations
@@ -176,6 +177,15 @@ def test_qlora_without_a_gpu_says_so(tmp_path, tiny_model_dir):  # noqa: F811
         run_stage(recipe(tmp_path, tiny_model_dir, adapter="qlora"), data)
 
 
+def test_a_sharded_layout_without_gpus_is_a_one_line_error(tmp_path, tiny_model_dir, monkeypatch):  # noqa: F811
+    """What `accelerate launch --config_file configs/accelerate/fsdp.yaml` sets, on this CPU-only machine."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    data = write_data(tmp_path / "data.jsonl", [conversation(0)])
+    with pytest.raises(PipelineError, match="the fsdp layout needs CUDA GPUs"):
+        run_stage(recipe(tmp_path, tiny_model_dir), data)
+    assert not (tmp_path / "work" / "finetune" / "checkpoints").exists()
+
+
 def test_accumulation_is_shared_among_the_processes():
     from pipeline.training.distributed import accumulation_per_process
 
@@ -224,3 +234,33 @@ def test_accelerate_configs_parse_and_name_their_layouts(monkeypatch):
     assert launched_layout("none") == "fsdp+offload"
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert launched_layout("none") == "zero3"
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_lora_fine_tune_of_the_demo_model_then_evaluate_on_the_merged_model(tmp_path):
+    """The demo's Gemma 3 270M: a LoRA finetune stage, then evaluate loads the merged model, all by the CLI."""
+    from tests.conftest import run_cli
+
+    conversations = write_data(tmp_path / "conversations.jsonl", [{"id": f"c{i}", **conversation(i)} for i in range(4)])
+    config = {
+        "name": "demo-lora",
+        "run": {"work_dir": str(tmp_path / "work")},
+        "model": {"backend": "transformers", "model": "gemma3-270m-gguf", "device": "cpu", "show_progress": False},
+        "stages": {"finetune": {"adapter": "lora", "lora_r": 8, "max_steps": 2, "per_device_batch_size": 2,
+                                "gradient_accumulation_steps": 1, "max_length": 256, "learning_rate": 1e-4},
+                   "evaluate": {"limit": 2, "max_tokens": 24, "evaluate_base": False, "sandbox": {"workers": 2}}},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    finetune = run_cli("--config", str(path), "--stage", "finetune", "--input", str(conversations), timeout=900)
+    assert finetune.returncode == 0, finetune.stderr[-3000:]
+    training = json.loads((tmp_path / "work" / "finetune" / "manifest.json").read_text())["training"]
+    assert training["adapter"] == "lora" and training["global_step"] == 2
+    assert (Path(training["adapter_dir"]) / "adapter_model.safetensors").is_file()
+    assert not (Path(training["model_dir"]) / "adapter_config.json").exists()  # a plain, merged model
+
+    evaluate = run_cli("--config", str(path), "--stage", "evaluate", timeout=900)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    results = json.loads((tmp_path / "work" / "evaluate" / "manifest.json").read_text())["results"]
+    assert results["finetuned"]["model_path"] == training["model_dir"] and results["finetuned"]["total"] == 2

@@ -25,8 +25,8 @@ from stages import PIPELINE
 from stages.concepts import ConceptsTask
 from stages.instructions import InstructionsStage, InstructionTask
 from stages.responses import ResponseTask
-from tests.conftest import REPO
-from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
+from tests.conftest import REPO, run_cli
+from tests.llm_fixtures import replay_model_section, replay_server, tiny_model_dir  # noqa: F401 - fixtures
 
 MODEL = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},
                            _model_config_class())
@@ -179,6 +179,68 @@ def test_generation_stage_runs_and_counts_add_up(tmp_path, bank_file, tiny_model
     assert sorted(map(json.dumps, again.store(stage).read_dropped().to_pylist())) == sorted(map(json.dumps, dropped))
 
 
+def _replay_recipe(tmp_path, corpus, server, work="work"):
+    """seeds on two stdlib modules (the first 5 seeds; heapq's drop some), then the generation stages answered by the replay server."""
+    stages = {name: {"fewshot_k": 1, "batch_size": 2} for name in ("concepts", "instructions", "responses")}
+    stages["responses"]["n"] = 3
+    stages["seeds"] = {"source": {"kind": "local", "paths": [str(corpus / "heapq.py"), str(corpus / "textwrap.py")]},
+                       "filters": ["returns_value", "no_todo", "has_arguments"], "max_seeds": 5}
+    recipe = {"run": {"work_dir": str(tmp_path / work), "batch_size": 2, "workers": 1},
+              "model": replay_model_section(server), "stages": stages}
+    path = tmp_path / f"{work}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_generation_stages_keep_well_formed_answers_with_their_lineage(tmp_path, stdlib_corpus, replay_server):
+    """Model output comes from the replay backend (well-formed answers), served over the OpenAI API."""
+    recipe = _replay_recipe(tmp_path, stdlib_corpus, replay_server)
+    result = run_cli("--config", str(recipe), "--from", "seeds", "--to", "responses")
+    assert result.returncode == 0, result.stderr
+    read = lambda name: StageStore(tmp_path / "work", name).read_table().to_pylist()  # noqa: E731
+    seeds, concepts, instructions, responses = (read(n) for n in ("seeds", "concepts", "instructions", "responses"))
+    assert len(seeds) == 5
+    by_seed = {s["id"]: s for s in seeds}
+    assert sorted(c["seed_id"] for c in concepts) == sorted(by_seed), "one concepts row per seed"
+    for c in concepts:
+        assert c["seed"] == by_seed[c["seed_id"]]["code"]
+        assert c["concepts"] == [f"the function {by_seed[c['seed_id']]['name']}", "early return"]
+    by_concepts = {c["id"]: c for c in concepts}
+    assert sorted(i["concepts_id"] for i in instructions) == sorted(by_concepts)
+    for i in instructions:
+        source = by_concepts[i["concepts_id"]]
+        assert i["seed_id"] == source["seed_id"] and i["concepts"] == source["concepts"]
+        assert i["instruction"].endswith(f"in the spirit of {by_seed[i['seed_id']]['name']}.")
+        assert i["category"] in ("function", "class", "program") and i["difficulty"] in ("easy", "medium", "hard")
+    by_instruction = {i["id"]: i for i in instructions}
+    assert sorted((r["instruction_id"], r["sample_index"]) for r in responses) == sorted(
+        (i, k) for i in by_instruction for k in range(3)), "n=3 samples per instruction, each index once"
+    for r in responses:
+        source = by_instruction[r["instruction_id"]]
+        assert r["seed_id"] == source["seed_id"] and r["instruction"] == source["instruction"]
+        func = f"double_{by_seed[r['seed_id']]['name']}"
+        assert r["response"].startswith("Multiply by two.") and f"def {func}(x):" in r["response"]
+        assert r["tests"] == f"assert {func}(2) == {4 if r['sample_index'] % 2 == 0 else 5}\nassert {func}(0) == 0"
+    for name in ("concepts", "instructions", "responses"):
+        manifest = StageStore(tmp_path / "work", name).read_manifest()
+        assert manifest["dropped"] == {} and manifest["rows_out"] == manifest["stats"]["completions"], name
+
+
+def test_input_can_be_a_stage_output_folder(tmp_path, stdlib_corpus, replay_server):
+    """--input work/seeds reads the kept rows only (not manifest.json, _run.json, _drop_plan.json or dropped/)."""
+    first = _replay_recipe(tmp_path, stdlib_corpus, replay_server)
+    assert run_cli("--config", str(first), "--from", "seeds", "--to", "concepts").returncode == 0
+    seeds = tmp_path / "work" / "seeds"
+    assert {"manifest.json", "_run.json", "_drop_plan.json", "dropped"} <= {p.name for p in seeds.iterdir()}
+    second = _replay_recipe(tmp_path, stdlib_corpus, replay_server, work="chained")
+    result = run_cli("--config", str(second), "--stage", "concepts", "--input", str(seeds))
+    assert result.returncode == 0, result.stderr
+    chained = StageStore(tmp_path / "chained", "concepts")
+    assert chained.read_manifest()["rows_in"] == StageStore(tmp_path / "work", "seeds").read_manifest()["rows_out"]
+    dump = lambda s: sorted(json.dumps(r, sort_keys=True) for r in s.read_table().to_pylist())  # noqa: E731
+    assert dump(chained) == dump(StageStore(tmp_path / "work", "concepts"))
+
+
 def test_chat_mode_runs_on_the_chat_template(tmp_path, bank_file, tiny_model_dir):
     runner = Runner(load_config(_recipe(tmp_path, bank_file, tiny_model_dir, mode="chat"), MODEL), PIPELINE)
     [manifest] = runner.run(["concepts"], input_override=_jsonl(tmp_path / "in.jsonl", SEEDS[:2]))
@@ -282,3 +344,27 @@ def test_model_settings_that_change_outputs_make_stages_stale(tmp_path, bank_fil
     before, after = Runner(load_config(recipe, MODEL), PIPELINE), Runner(load_config(recipe, MODEL, [setting]), PIPELINE)
     for name in ("concepts", "responses", "finetune", "evaluate"):
         assert before.fingerprint(before.stage(name)) != after.fingerprint(after.stage(name)), (name, setting)
+
+
+def test_samples_do_not_depend_on_how_rows_were_batched(tmp_path, bank_file, tiny_model_dir):
+    """responses at temperature 0.7, n=2: stage batches of 1, 3 and 16 rows, model batches of 3, and two workers
+    give every row the same completions, kept and dropped alike (seeds come from the row and the sample index)."""
+    rows = [{"id": f"i{i}", "seed_id": f"s{i}", "instruction": f"Write function number {i}" + " carefully" * (i % 4)}
+            for i in range(7)]
+    data = _jsonl(tmp_path / "in.jsonl", rows)
+    runs = {}
+    for label, overrides in {"b1": ["stages.responses.batch_size=1"],
+                             "b3": ["stages.responses.batch_size=3", "model.batch_size=3"],
+                             "b16": ["stages.responses.batch_size=16", "model.batch_size=16"],
+                             "w2": ["stages.responses.batch_size=3", "run.workers=2"]}.items():
+        recipe = _recipe(tmp_path / label, bank_file, tiny_model_dir, temperature=0.7, max_tokens=16)
+        runner = Runner(load_config(recipe, MODEL, overrides), PIPELINE)
+        [manifest] = runner.run(["responses"], input_override=data)
+        store = runner.store("responses")
+        kept = sorted(json.dumps(r, sort_keys=True) for r in store.read_table().to_pylist())
+        dropped = sorted(json.dumps(r, sort_keys=True) for r in store.read_dropped().to_pylist())
+        runs[label] = (manifest["output_digest"], manifest["dropped"], kept, dropped)
+        assert manifest["stats"]["completions"] == 14
+    assert runs["b1"] == runs["b3"] == runs["b16"] == runs["w2"]
+    texts = [json.loads(r)["completion"] for r in runs["b1"][3]] + [json.loads(r)["response"] for r in runs["b1"][2]]
+    assert len(set(texts)) > 7, "samples at temperature 0.7 should differ"

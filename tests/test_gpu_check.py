@@ -95,7 +95,8 @@ def test_gpu_check_dry_run_completes_with_only_the_gpu_machines_packages(tmp_pat
     assert "DRY RUN (CPU, tiny model)" in result.stdout and f"written: {out}" in result.stdout
     report = json.loads(out.read_text())
     rows = {row["check"]: row for row in report["rows"]}
-    assert list(rows) == ["train-tiny", "lora-tiny", "generate-bs1", "generate-bs4", "train-15b"]
+    assert list(rows) == ["train-tiny", "stage-tiny", "lora-tiny", "generate-bs1", "generate-bs4", "train-15b"]
+    assert rows["stage-tiny"]["status"].startswith("skipped: the pipeline's own dependencies are missing (")
     for name in ("train-tiny", "lora-tiny"):
         assert rows[name]["status"] == "ok" and rows[name]["tokens_per_s"] > 0 and rows[name]["steps"] == 3
         assert rows[name]["first_loss"] > 0 and rows[name]["estimate_gib"] > 0
@@ -110,3 +111,22 @@ def test_the_shell_script_runs_from_anywhere_and_passes_options_on():
                             env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--dry" in result.stdout and "--skip-15b" in result.stdout
+
+
+def test_the_stage_row_runs_the_finetune_stage_on_the_saved_model(tmp_path):
+    """Where the pipeline's dependencies exist (here), the check runs the real stage and reads its manifest."""
+    import torch
+
+    from pipeline.training import gpu_check
+
+    config = gpu_check.starcoder2_config(gpu_check.TINY, 128)
+    tokenizer = gpu_check.build_tokenizer(config.vocab_size)
+    model = gpu_check.build_model(config, torch.float32, "cpu")
+    model.save_pretrained(str(tmp_path / "model"))
+    tokenizer.save_pretrained(str(tmp_path / "model"))
+    row = gpu_check.check_stage(tmp_path / "model", tokenizer, tmp_path, seq_len=128, steps=2, accumulation=2,
+                                cuda=False, device_name="cpu")
+    assert row["status"] == "ok" and row["steps"] == 2 and row["bf16"] is False
+    assert row["estimate_gib"] > 0 and row["tokens_per_s"] > 0 and row["first_loss"] > 0
+    manifest = json.loads((tmp_path / "stage" / "finetune" / "manifest.json").read_text())
+    assert manifest["stats"]["truncated"] == 4  # every conversation cut to exactly 128 tokens

@@ -155,6 +155,32 @@ def test_seed_makes_a_call_reproducible(tiny_backend):
     assert other != first
 
 
+VARIED = PROMPTS + ["x", "while True:\n    break\nreturn", "# a comment that is quite a bit longer than the rest\n"]
+
+
+def test_sampling_is_seeded_per_prompt_and_sample_whatever_the_batching(tiny_model_dir):
+    """Each prompt samples from its own seed (one generator per prompt and sample index): alone, in batches of
+    16 or 2 with padding, or in another order, a prompt gets the same completions."""
+    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_tokens=10)
+    seeds = [1000 + i for i in range(len(VARIED))]
+
+    def backend(batch_size):
+        return create_backend(LLMConfig(backend="transformers", model=str(tiny_model_dir), device="cpu",
+                                        dtype="float32", batch_size=batch_size, show_progress=False))
+
+    with backend(16) as wide, backend(2) as narrow:
+        together = wide.generate(VARIED, params, seeds=seeds)
+        assert len(together) == len(VARIED) and all(len(c) == 2 for c in together)
+        assert narrow.generate(VARIED, params, seeds=seeds) == together
+        assert [wide.generate([p], params, seeds=[s])[0] for p, s in zip(VARIED, seeds)] == together
+        order = [4, 0, 5, 2, 1, 3]
+        shuffled = wide.generate([VARIED[i] for i in order], params, seeds=[seeds[i] for i in order])
+        assert [shuffled[order.index(i)] for i in range(len(VARIED))] == together
+        assert all(a != b for a, b in together), "the n samples of a prompt come from different generators"
+        other = wide.generate(VARIED, params, seeds=[s + 1 for s in seeds])
+        assert other != together
+
+
 def test_small_batches_and_many_prompts(tiny_model_dir):
     cfg = LLMConfig(backend="transformers", model=str(tiny_model_dir), device="cpu", batch_size=2, show_progress=False)
     with create_backend(cfg) as backend:
@@ -292,6 +318,14 @@ def test_openai_falls_back_to_single_requests_when_n_is_rejected(openai_server):
     assert {req["seed"] for req in openai_server.seen if req["n"] == 1 and req["prompt"] == "a"} == {7, 8, 9}
 
 
+def test_openai_sends_each_prompt_its_own_seed(openai_server):
+    with _client(openai_server, max_concurrency=3) as client:
+        client.generate(["a", "b", "c"], SamplingParams(n=2, temperature=1.0, max_tokens=3, seed=5), seeds=[11, 12, 13])
+        client.generate_chat([[{"role": "user", "content": "d"}]], SamplingParams(max_tokens=3), seeds=[14])
+    seen = {req.get("prompt") or req["messages"][0]["content"]: req["seed"] for req in openai_server.seen}
+    assert seen == {"a": 11, "b": 12, "c": 13, "d": 14}
+
+
 # -- vllm backend (vllm itself cannot run here) -----------------------------------
 
 
@@ -315,6 +349,37 @@ def test_vllm_sampling_kwargs():
     }
     greedy = vllm_sampling_kwargs(SamplingParams(n=4, top_p=0.5, max_tokens=8))
     assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and greedy["top_p"] == 1.0 and "seed" not in greedy
+
+
+def test_vllm_gives_each_prompt_sampling_params_with_its_seed(monkeypatch):
+    """vLLM needs CUDA, so a stand-in module records what the backend hands ``LLM.generate`` and ``LLM.chat``:
+    one ``SamplingParams`` per prompt, carrying that prompt's seed."""
+    import types
+
+    from pipeline.llm import vllm_backend
+
+    calls = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            pass
+
+        def _answer(self, prompts, sampling, use_tqdm):
+            calls.append(sampling)
+            out = types.SimpleNamespace(text="ok", finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[out] * s["n"]) for s in sampling]
+
+        generate = chat = _answer
+
+    fake = types.SimpleNamespace(LLM=FakeLLM, SamplingParams=lambda **kwargs: kwargs)
+    monkeypatch.setattr(vllm_backend, "_import_vllm", lambda: fake)
+    backend = vllm_backend.VLLMBackend(LLMConfig(backend="vllm", model="some/model", show_progress=False))
+    params = SamplingParams(n=2, temperature=0.7, max_tokens=8, seed=3)
+    answers = backend.generate(["a", "b", "c"], params, seeds=[10, 11, 12])
+    assert answers == [[Completion(text="ok", finish_reason="stop")] * 2] * 3
+    backend.generate_chat([[{"role": "user", "content": "d"}]], params, seeds=[13])
+    backend.generate(["e", "f"], params)
+    assert [[s["seed"] for s in call] for call in calls] == [[10, 11, 12], [13], [3, 3]]
 
 
 def test_vllm_engine_kwargs():

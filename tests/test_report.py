@@ -1,52 +1,46 @@
 """The run report (--report): the page's sections, the text summary, escaping, and damaged work dirs.
 
-The work dir is realistic: the real seeds stage runs on standard-library
-files through ``run_pipeline.py``; the later stages' outputs are written
-through the store, as those stages would write them, with plausible rows, an
-evaluate manifest with results and a small PNG loss curve.
+The work dir comes from a real small run of every stage through
+``run_pipeline.py --stage all`` (see :func:`build_work_dir`); what the page and
+the summary must show is read from that run's manifests, never written by hand.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.store import StageStore
-from tests.conftest import run_cli, write_recipe
+from sandbox import SandboxConfig, SandboxUnavailable, ensure_image
+from tests.conftest import require_installed, run_cli, write_recipe
+from tests.llm_fixtures import replay_model_section, replay_server, tiny_model_dir  # noqa: F401 - fixtures
 
 SECTION_IDS = ["overview", "funnel", "drops", "execution", "loss", "evaluation", "samples"]
 HOSTILE = "<script>alert('x')</script> & <b>bold</b>"
-"""Text planted in an instruction: the page must show it escaped, never run or render it."""
+"""Text planted in a seed's docstring: the page must show it escaped, never run or render it."""
 
 
-# -- building a work dir -------------------------------------------------------------------------------------------
+# -- building a work dir: a real small run of every stage --------------------------------------------------------
 
-def tiny_png(width: int = 360, height: int = 180) -> bytes:
-    """A valid PNG drawn by hand: a falling loss curve in blue on white, axes in grey."""
-    pixels = [[(255, 255, 255)] * width for _ in range(height)]
-    for x in range(width):
-        pixels[height - 12][x] = (150, 150, 150)
-    for y in range(height):
-        pixels[y][12] = (150, 150, 150)
-    for x in range(14, width - 4):
-        loss = 0.35 + 2.0 * math.exp(-(x - 14) / 50) + 0.06 * math.sin(x / 3)
-        y = int((height - 14) - loss / 2.5 * (height - 24))
-        for dy in (-1, 0, 1):
-            pixels[min(height - 13, max(0, y + dy))][x] = (76, 120, 168)
-    raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in pixels)
+LONG_DOC = "\n".join(f"    Line {i} of a long docstring, so the report has text to clip." for i in range(24))
+HOSTILE_MODULE = f'''def shout(text):
+    """{HOSTILE}"""
+    return text.upper()
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+def describe(value):
+    """Describe a value at length.
+
+{LONG_DOC}
+    """
+    return repr(value)
+'''
+"""A corpus module of ours: a docstring with markup in it, and a seed longer than a sample card shows."""
 
 
 def make_runner(recipe: Path, work: Path | None = None):
@@ -63,127 +57,52 @@ def make_runner(recipe: Path, work: Path | None = None):
     return Runner(load_config(recipe, model, overrides), PIPELINE)
 
 
-def write_stage(runner, name: str, batches: list[tuple[list[dict], list[dict]]], stats: dict, **extra) -> None:
-    """Write a stage's parts and manifest through the store, as the framework does, so the runner sees it done."""
-    from pipeline.stage import PlannedStage
+def build_work_dir(root: Path, corpus: Path, server, model_dir: Path) -> Path:
+    """Run every stage for real with ``--stage all``; return the recipe.
 
-    entry = runner.entry(name)
-    built = not isinstance(entry, PlannedStage)
-    store = runner.store(name)
-    store.clear()
-    store.dir.mkdir(parents=True)
-    schema = entry.output_schema() if built else None
-    rows_in, dropped = 0, {}
-    for i, (rows, drops) in enumerate(batches):
-        ids = [r["id"] for r in rows + drops]
-        store.write_batch(f"{i:05d}", rows, schema, drops, ids, stats if i == 0 else {})
-        rows_in += len(ids)
-        for d in drops:
-            dropped[d["drop_reason"]] = dropped.get(d["drop_reason"], 0) + 1
-    upstream = runner.store(entry.upstream).read_manifest() or {}
-    store.write_manifest({
-        "stage": name, "title": entry.title,
-        "fingerprint": runner.fingerprint(runner.stage(name)) if built else "planned",
-        "input": {"kind": "upstream", "spec": None, "description": f"stage {entry.upstream}",
-                  "digest": upstream.get("output_digest")},
-        "rows_in": rows_in, "rows_out": sum(len(rows) for rows, _ in batches), "dropped": dropped, "stats": stats,
-        "finished_at": "2025-01-01T00:00:00+0000", "wall_seconds": 12.5 + 60 * len(name),
-        "output_digest": store.output_digest(), "config": {"stage": {}, "seed": 42}, **extra,
+    Three seeds (our module first, then textwrap's); the generation stages and the base model's HumanEval
+    answers come from the replay backend over the OpenAI API (model output fixtures: each instruction gets
+    one response that passes its tests and one that fails them); execute and evaluate run in the Docker
+    sandbox; finetune trains the tiny random model for two steps, and evaluate scores it too.
+    """
+    files = root / "corpus"
+    files.mkdir(parents=True)
+    (files / "hostile.py").write_text(HOSTILE_MODULE)
+    shutil.copy(corpus / "textwrap.py", files / "textwrap.py")
+    recipe = write_recipe(root / "recipe.yaml", root / "work", source={"kind": "local", "paths": [str(files)]},
+                          max_seeds=3)
+    data = yaml.safe_load(recipe.read_text())
+    data["model"] = replay_model_section(server)
+    sandbox = {"workers": 2, "timeout_s": 5}
+    data["stages"].update({
+        **{name: {"fewshot_k": 1, "batch_size": 2} for name in ("concepts", "instructions", "responses")},
+        "execute": {"sandbox": sandbox},
+        "finetune": {"base_model": str(model_dir), "max_steps": 2, "gradient_accumulation_steps": 1, "bf16": False,
+                     "max_length": 256},
+        "evaluate": {"limit": 3, "max_tokens": 16, "sandbox": sandbox,
+                     "finetuned_overrides": {"backend": "transformers", "device": "cpu", "dtype": "float32"}},
     })
-
-
-def _code(seed: dict) -> str:
-    """A response's answer for a seed: a short explanation and a fenced solution."""
-    return f"Here is a solution using `{seed['name']}`:\n\n```python\n{seed['code']}\n```\n"
-
-
-def fill_downstream(runner) -> None:
-    """Plausible outputs for every stage after seeds, derived from the real seeds."""
-    seeds = runner.store("seeds").read_table().to_pylist()
-    concepts = [{"id": f"c{i}", "seed_id": s["id"], "seed": s["code"],
-                 "concepts": ["docstring parsing", f"{s['name']} helper", "early return"]} for i, s in enumerate(seeds[1:])]
-    write_stage(runner, "concepts", [(concepts[:5], [{"id": "c-x", "seed_id": seeds[0]["id"], "drop_reason": "truncated",
-                                                      "text": "Concepts: recursion, " * 80}]), (concepts[5:], [])],
-                {"prompt_tokens": 48210, "completion_tokens": 3022})
-    kinds = [("function", "easy"), ("class", "medium"), ("program", "hard")]
-    instructions = [{"id": f"i{i}", "seed_id": c["seed_id"], "concepts_id": c["id"], "concepts": c["concepts"],
-                     "category": kinds[i % 3][0], "difficulty": kinds[i % 3][1],
-                     "instruction": f"{HOSTILE}\nWrite a Python function that uses "
-                     f"{', '.join(c['concepts'])}. It must return a value for every input x < 10 && y > 2."}
-                    for i, c in enumerate(concepts)]
-    write_stage(runner, "instructions", [(instructions[:-1], [{"id": "i-x", "drop_reason": "unparsable", "text": "###"}])],
-                {"completion_tokens": 5120})
-    by_seed = {s["id"]: s for s in seeds}
-    responses = [{"id": f"r{i}-{k}", "seed_id": ins["seed_id"], "instruction_id": ins["id"],
-                  "instruction": ins["instruction"], "sample_index": k, "response": _code(by_seed[ins["seed_id"]]),
-                  "tests": f"assert {by_seed[ins['seed_id']]['name']} is not None\nassert 1 + 1 == 2"}
-                 for i, ins in enumerate(instructions[:-1]) for k in range(2)]
-    write_stage(runner, "responses", [(responses, [{"id": "r-x", "drop_reason": "no_tests", "response": "pass"},
-                                                   {"id": "r-y", "drop_reason": "truncated", "response": "def f("}])],
-                {"completion_tokens": 20480})
-    statuses = ["passed", "passed", "failed", "passed", "timeout", "passed", "error", "passed", "oom", "passed"]
-    executed = [{**{k: r[k] for k in ("id", "seed_id", "instruction_id", "instruction", "response", "tests")},
-                 "status": statuses[i % len(statuses)], "passed": statuses[i % len(statuses)] == "passed",
-                 "exit_code": 0 if statuses[i % len(statuses)] == "passed" else 1, "duration_s": 0.05 * (i + 1),
-                 "stdout": "", "stderr": "" if statuses[i % len(statuses)] == "passed" else "AssertionError",
-                 "program_hash": f"h{i}"} for i, r in enumerate(responses)]
-    counts = {f"status_{s}": sum(e["status"] == s for e in executed) for s in ("passed", "failed", "timeout", "oom", "error")}
-    write_stage(runner, "execute", [(executed, [])], {**counts, "cache_hits": 3})
-    kept, dropped, seen = [], [], set()
-    for e in executed:
-        if not e["passed"]:
-            dropped.append({"id": e["id"], "instruction": e["instruction"], "drop_reason": "not_passed"})
-        elif e["instruction_id"] in seen:
-            dropped.append({"id": e["id"], "instruction": e["instruction"], "drop_reason": "extra_response"})
-        else:
-            seen.add(e["instruction_id"])
-            kept.append({**{k: e[k] for k in ("id", "seed_id", "instruction_id", "instruction", "response", "tests")},
-                         "messages": [{"role": "user", "content": e["instruction"]},
-                                      {"role": "assistant", "content": e["response"]}]})
-    write_stage(runner, "dedup", [(kept[:-1], dropped + [{"id": kept[-1]["id"], "drop_reason": "near_duplicate",
-                                                           "instruction": kept[-1]["instruction"]}])], {})
-    finetune = runner.store("finetune")
-    trained = [{"id": k["id"], "n_tokens": 300 + 40 * i, "n_train_tokens": min(300 + 40 * i, 512),
-                "n_label_tokens": 120 + 10 * i, "status": "kept" if 300 + 40 * i <= 512 else "truncated"}
-               for i, k in enumerate(kept[:-1])]
-    write_stage(runner, "finetune", [(trained, [])],
-                {"train_steps": 40, "final_loss": 0.4172, "mean_loss": 0.8831, "train_tokens_per_epoch": 3584},
-                training={"model_dir": str(finetune.dir / "model"), "global_step": 40, "epochs": 4.0,
-                          "first_loss": 2.31, "final_loss": 0.4172, "loss_png": str(finetune.dir / "loss.png")})
-    (finetune.dir / "loss.png").write_bytes(tiny_png())
-    problems = [f"HumanEval/{i}" for i in range(12)]
-    passed = {"base": {0, 2, 5, 7}, "finetuned": {0, 1, 2, 5, 7, 9}}
-    paths = {"base": "gemma-3-270m", "finetuned": str(finetune.dir / "model")}
-    rows = [{"id": f"{m}-{t}", "model": m, "model_path": paths[m], "benchmark": "humaneval", "task_id": t,
-             "prompt_format": "completion", "completion": f"    return sorted(set(numbers))[{i}]\n",
-             "finish_reason": "stop", "status": "passed" if i in passed[m] else "failed", "passed": i in passed[m],
-             "duration_s": 0.02, "stderr": "" if i in passed[m] else "AssertionError"}
-            for m in passed for i, t in enumerate(problems)]
-    results = {"humaneval": {m: {"base": {"pass@1": round(len(p) / len(problems), 4),
-                                          "pass@5": round(min(1.0, 1.5 * len(p) / len(problems)), 4),
-                                          "passed": len(p), "total": len(problems)}} for m, p in passed.items()}}
-    models = {m: {"prompt_format": "completion", "model_path": paths[m]} for m in passed}
-    flipped = {"humaneval": {"from": "base", "to": "finetuned", "gained": ["HumanEval/1", "HumanEval/9"], "lost": []}}
-    judge = {"win": 5, "tie": 2, "loss": 1, "invalid": 0, "first": "base", "second": "finetuned",
-             "judge_model": "a-strong-model", "rows": "judge.jsonl"}
-    write_stage(runner, "evaluate", [(rows, [])], {}, results=results, models=models, flipped=flipped,
-                judge=judge)
-
-
-def build_work_dir(root: Path, corpus: Path) -> Path:
-    """Run the real seeds stage on ``corpus`` under ``root`` and fill every later stage; return the recipe."""
-    recipe = write_recipe(root / "recipe.yaml", root / "work", source={"kind": "local", "paths": [str(corpus)]},
-                          max_seeds=12)
-    result = run_cli("--config", str(recipe), "--stage", "seeds")
-    assert result.returncode == 0, result.stderr
-    fill_downstream(make_runner(recipe))
+    data["stages"]["responses"]["n"] = 2
+    recipe.write_text(yaml.safe_dump(data))
+    result = run_cli("--config", str(recipe), "--stage", "all")
+    assert result.returncode == 0, result.stderr[-5000:]
     return recipe
 
 
 @pytest.fixture(scope="module")
-def report_recipe(tmp_path_factory, stdlib_corpus) -> Path:
-    """A recipe whose work dir has every stage's output."""
-    return build_work_dir(tmp_path_factory.mktemp("report"), stdlib_corpus)
+def report_recipe(tmp_path_factory, stdlib_corpus, replay_server, tiny_model_dir) -> Path:  # noqa: F811
+    """A recipe whose work dir has every stage's output, from a real run."""
+    try:
+        ensure_image(SandboxConfig())
+    except SandboxUnavailable as exc:
+        require_installed("Docker and the sandbox image", str(exc))
+    return build_work_dir(tmp_path_factory.mktemp("report"), stdlib_corpus, replay_server, tiny_model_dir)
+
+
+def manifests(recipe: Path) -> dict[str, dict]:
+    """Every finished stage's manifest in the recipe's work dir."""
+    work = recipe.parent / "work"
+    return {p.parent.name: json.loads(p.read_text()) for p in work.glob("*/manifest.json")}
 
 
 @pytest.fixture(scope="module")
@@ -193,19 +112,23 @@ def report_run(report_recipe):
     page = (report_recipe.parent / "work" / "report.html").read_text()
     return result, page
 
-
 # -- the page and the summary ----------------------------------------------------------------------------------------
 
-def test_report_writes_every_section_and_prints_the_summary(report_run):
+def test_report_writes_every_section_and_prints_the_summary(report_run, report_recipe):
     result, page = report_run
     assert result.returncode == 0, result.stderr
     for section in SECTION_IDS:
         assert f'<section id="{section}">' in page
     out = result.stdout
     assert "stage funnel (rows out):" in out and "report: " in out and out.strip().endswith("report.html")
-    assert "base" in out and "33.3%  (4/12)" in out and "50.0%  (6/12)" in out
+    found = manifests(report_recipe)
+    for label, r in found["evaluate"]["results"]["humaneval"].items():
+        r = r["base"]
+        assert re.search(rf"{label} +{100 * r['pass@1']:.1f}%  \({r['passed']}/{r['total']}\)", out), (label, out)
     funnel = {line.split()[0]: line.split()[1:] for line in out.split("pass@1")[0].splitlines()[1:] if line.strip()}
-    assert funnel["seeds"][0] == "done" and funnel["dedup"][0] == "done"
+    for name, manifest in found.items():
+        assert funnel[name][:2] == ["done", str(manifest["rows_out"])], name
+    assert len(found) == 8 and found["dedup"]["rows_out"] > 0, "every stage ran and some rows got through"
 
 
 def test_page_is_self_contained_and_escaped(report_run):
@@ -219,25 +142,42 @@ def test_page_is_self_contained_and_escaped(report_run):
 def test_page_content(report_run, report_recipe):
     _, page = report_run
     work = report_recipe.parent / "work"
-    seeds = json.loads((work / "seeds/manifest.json").read_text())
-    assert f"{seeds['rows_out']:,}" in page.split('id="funnel"')[1].split("</section>")[0]
-    execution = page.split('id="execution"')[1].split("</section>")[0]
-    for status in ("passed", "failed", "timeout", "oom", "error"):
+    found = manifests(report_recipe)
+    section = lambda name: page.split(f'id="{name}"')[1].split("</section>")[0]  # noqa: E731
+    assert f"{found['seeds']['rows_out']:,}" in section("funnel")
+    execution = section("execution")
+    statuses = {k[len("status_"):]: v for k, v in found["execute"]["stats"].items() if k.startswith("status_")}
+    assert {"passed", "failed"} <= set(statuses), "the replayed responses pass and fail their tests"
+    for status in statuses:
         assert f">{status}<" in execution
-    assert "Verdict cache: 3 of 20 samples" in execution
-    drops = page.split('id="drops"')[1].split("</section>")[0]
-    for reason in ("not_passed", "extra_response", "near_duplicate", "no_tests", "truncated", "unparsable"):
-        assert f"<code>{reason}</code>" in drops
-    evaluation = page.split('id="evaluation"')[1].split("</section>")[0]
-    assert ("<b>humaneval</b></td><td class=num>33.3 <small>(4/12)</small></td>"
-            "<td class=num>50.0 <small>(6/12)</small></td>") in evaluation
-    assert "+16.7 points" in evaluation and "HumanEval/1" in evaluation and "HumanEval/3" not in evaluation
-    assert 'id="pass-at-k"' in evaluation and "polyline" in evaluation, "the pass@k curve"
-    assert "solved by finetuned only (2)" in evaluation and "Judged by a-strong-model" in evaluation
-    loss = page.split('id="loss"')[1].split("</section>")[0]
+    hits = found["execute"]["stats"].get("cache_hits")  # a first run records no hits at all
+    assert (f"Verdict cache: {hits} of {sum(statuses.values())} samples" if hits is not None
+            else "Verdict cache hits were not recorded.") in execution
+    reasons = {reason for m in found.values() for reason in m["dropped"]}
+    assert {"over_limit", "not_passed"} <= reasons
+    for reason in reasons:
+        assert f"<code>{reason}</code>" in section("drops")
+    evaluation = section("evaluation")
+    results = {label: r["base"] for label, r in found["evaluate"]["results"]["humaneval"].items()}
+    assert list(results) == ["base", "finetuned"]
+    assert "<b>humaneval</b></td>" + "".join(
+        f"<td class=num>{100 * r['pass@1']:.1f} <small>({r['passed']}/{r['total']})</small></td>"
+        for r in results.values()) in evaluation
+    change = 100 * (results["finetuned"]["pass@1"] - results["base"]["pass@1"])
+    assert f"humaneval {change:+.1f} points" in evaluation
+    rows = StageStore(work, "evaluate").read_table().to_pylist()
+    outcome = {(r["model"], r["task_id"]): r["passed"] for r in rows}
+    differing = {t for _, t in outcome if outcome[("base", t)] != outcome[("finetuned", t)]}
+    assert differing, "the replayed base model solves the even problems, the tiny model none"
+    for task in {t for _, t in outcome}:
+        assert (f"<code>{task}</code>" in evaluation) == (task in differing), task
+    assert 'id="pass-at-k"' not in evaluation, "greedy decoding: pass@1 only, no curve"
+    loss = section("loss")
     assert 'id="loss-curve"' in loss and "final_loss" in loss and "global_step" in loss
     samples = page.split('id="samples"')[1]
-    assert samples.count('class="sample"') == 3 * 8
+    assert samples.count('class="sample"') == sum(min(3, m["rows_out"]) for m in found.values())
+    dropped = sum(min(3, StageStore(work, name).read_dropped().num_rows) for name in found)
+    assert samples.count('class="sample dropped"') == dropped > 0
     assert "[assistant]" in samples and "more character" in samples
 
 
@@ -245,9 +185,11 @@ def test_samples_are_reproducible(report_recipe):
     from pipeline.report import build_report
 
     runner = make_runner(report_recipe)
-    first = [[r["id"] for r in v.samples] for v in build_report(runner).views]
+    views = build_report(runner).views
+    first = [[r["id"] for r in v.samples] for v in views]
     again = [[r["id"] for r in v.samples] for v in build_report(runner).views]
-    assert first == again and all(len(ids) == 3 for ids in first if ids)
+    rows_out = {name: m["rows_out"] for name, m in manifests(report_recipe).items()}
+    assert first == again and [len(ids) for ids in first] == [min(3, rows_out[v.name]) for v in views]
 
 
 # -- work dirs that are empty, unfinished or damaged ----------------------------------------------------------------
@@ -291,11 +233,12 @@ def test_stage_without_manifest_shows_counts_so_far(report_recipe, tmp_path):
 
     work = tmp_path / "work"
     shutil.copytree(report_recipe.parent / "work", work)
-    (work / "concepts/manifest.json").unlink()
+    (work / "seeds/manifest.json").unlink()
     views = {v.name: v for v in build_report(make_runner(report_recipe, work)).views}
-    assert views["concepts"].state == "interrupted" and views["concepts"].partial
-    assert views["concepts"].get("rows_out") == StageStore(work, "concepts").commit_log().rows
-    assert views["concepts"].dropped == {"truncated": 1}
+    assert views["seeds"].state == "interrupted" and views["seeds"].partial
+    log = StageStore(work, "seeds").commit_log()
+    assert views["seeds"].get("rows_out") == log.rows
+    assert views["seeds"].dropped == dict(log.dropped) == manifests(report_recipe)["seeds"]["dropped"] != {}
 
 
 # -- pieces ---------------------------------------------------------------------------------------------------------
@@ -314,3 +257,29 @@ def test_clip_counts_what_it_cuts():
     shown, cut = clip("x\n" * 100, max_lines=5)
     assert shown == "x\nx\nx\nx\nx" and cut == 199 - len(shown)  # the trailing newline is not counted
     assert clip("y" * 50, max_chars=20) == ("y" * 20, 30)
+
+
+def test_evaluation_section_draws_pass_at_k_flips_and_the_judge(tmp_path):
+    """A sampled, judged evaluation's manifest fields (in the shape pipeline.benchmarks.summary writes them):
+    the benchmark x model table with solved/total, the change, the pass@k curve, the flips and the judge's tally."""
+    from pipeline.report.collect import StageView
+    from pipeline.report.evaluation import evaluation_section
+
+    scores = {"base": (0.3333, 0.5, 4), "finetuned": (0.5, 0.75, 6)}
+    manifest = {
+        "results": {"humaneval": {m: {"base": {"pass@1": p1, "pass@5": p5, "passed": n, "total": 12}}
+                                  for m, (p1, p5, n) in scores.items()}},
+        "models": {"base": {"prompt_format": "completion", "model_path": "gemma-3-270m"},
+                   "finetuned": {"prompt_format": "chat", "model_path": "work/finetune/model"}},
+        "flipped": {"humaneval": {"from": "base", "to": "finetuned", "gained": ["HumanEval/1", "HumanEval/9"],
+                                  "lost": []}},
+        "judge": {"win": 5, "tie": 2, "loss": 1, "invalid": 0, "first": "base", "second": "finetuned",
+                  "judge_model": "a-strong-model", "rows": "judge.jsonl"},
+    }
+    html = evaluation_section(StageView("evaluate", "Evaluate", "done", tmp_path, manifest=manifest))
+    assert ("<b>humaneval</b></td><td class=num>33.3 <small>(4/12)</small></td>"
+            "<td class=num>50.0 <small>(6/12)</small></td>") in html
+    assert "humaneval +16.7 points" in html and "<code>HumanEval/1</code>" in html and "HumanEval/3" not in html
+    assert 'id="pass-at-k"' in html and "polyline" in html, "the pass@k curve"
+    assert "solved by finetuned only (2)" in html and "solved by base only (0)" in html
+    assert "Judged by a-strong-model" in html and "<td class=num>5</td>" in html

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_installed, run_cli, write_recipe
+from tests.llm_fixtures import replay_server, tiny_model_dir  # noqa: F401 - fixtures of report_recipe
 from tests.test_report import HOSTILE, SECTION_IDS, report_recipe  # noqa: F401  (report_recipe is a fixture)
 
 CHROMIUM_FLAGS = [

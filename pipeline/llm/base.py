@@ -52,7 +52,11 @@ class SamplingParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(default=256, ge=1, description="Maximum new tokens per completion.")
     stop: list[str] = Field(default_factory=list, description="Stop strings; the text is cut before the first.")
-    seed: int | None = Field(default=None, description="Seed for reproducible sampling, if any.")
+    seed: int | None = Field(
+        default=None,
+        description="Seed for reproducible sampling, if any: each prompt samples from its own generator seeded "
+        "with it (or with its entry of the per-prompt ``seeds`` a call may pass), whatever the batching.",
+    )
     repetition_penalty: float = Field(
         default=1.0, gt=0.0,
         description="Above 1 discourages tokens already in the prompt or the answer (1 = off). Small base models "
@@ -106,19 +110,36 @@ def finalize(text: str, stop: Sequence[str], *, ended_by_model: bool) -> Complet
     return Completion(text=cut_text, finish_reason="length")
 
 
+def prompt_seeds(count: int, params: SamplingParams, seeds: Sequence[int] | None) -> list[int | None]:
+    """The sampling seed of each of ``count`` prompts: ``seeds`` (one per prompt) when given, else ``params.seed``."""
+    if seeds is None:
+        return [params.seed] * count
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} prompts: give one seed per prompt")
+    return [int(s) for s in seeds]
+
+
 class Backend(abc.ABC):
     """A generation backend: prompts in, ``n`` completions per prompt out.
+
+    ``seeds``, when given, holds one sampling seed per prompt (in place of
+    ``params.seed``): a prompt's completions then depend on its seed, never on
+    the other prompts of the call or how they were batched.
 
     Use as a context manager (or call :meth:`close`) to release the model or
     the HTTP client.
     """
 
     @abc.abstractmethod
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         """Complete each prompt as raw text (no chat template); return ``params.n`` completions per prompt, in order."""
 
     @abc.abstractmethod
-    def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+    def generate_chat(
+        self, conversations: list[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         """Answer each conversation as the assistant (the model's chat template or the server's chat endpoint)."""
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:

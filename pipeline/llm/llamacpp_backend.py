@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import pipeline
 from pipeline.llm.base import BackendError, Completion, Conversation, SamplingParams
@@ -102,15 +103,17 @@ class LlamaCppBackend(OpenAIBackend):
         ).start()
         super().__init__(config, base_url=f"http://127.0.0.1:{port}/v1", max_concurrency=config.parallel)
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """Complete raw text prompts; ``params.n`` completions each, the slots kept full."""
+    def generate(self, prompts: list[str], params: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """Complete raw text prompts; ``params.n`` completions each (seeded per prompt), the slots kept full."""
         self._fill_slots(params)
-        return super().generate(prompts, params)
+        return super().generate(prompts, params, seeds)
 
-    def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
-        """Answer conversations with the model's chat template; ``params.n`` answers each."""
+    def generate_chat(self, conversations: list[Conversation], params: SamplingParams,
+                      seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """Answer conversations with the model's chat template; ``params.n`` answers each (seeded per prompt)."""
         self._fill_slots(params)
-        return super().generate_chat(conversations, params)
+        return super().generate_chat(conversations, params, seeds)
 
     def _fill_slots(self, params: SamplingParams) -> None:
         """Requests in flight so that their ``n`` sequences each just fill the parallel slots."""

@@ -15,8 +15,9 @@
   model: connection refused, timeout, unknown model (404), authentication
   (401/403), any other HTTP status.
 * The text is cut at the first stop string even if the server left it in.
-* ``seed`` is passed to the server; whether it makes sampling reproducible is
-  the server's business (vLLM honours it per request).
+* Each request carries its prompt's seed (``seeds[i]``, else ``params.seed``);
+  whether it makes sampling reproducible is the server's business (vLLM
+  honours it per request, so batching on the server changes nothing).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
+from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize, prompt_seeds
 from pipeline.llm.config import LLMConfig
 from pipeline.llm.streaming import stream_with_stops
 
@@ -59,13 +60,17 @@ class OpenAIBackend(Backend):
 
     # -- public API -------------------------------------------------------
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         """Complete each text prompt via ``/v1/completions``; ``params.n`` completions each."""
-        return self._map(prompts, lambda p, n, seed: self._complete_one(p, params, n, seed), params)
+        return self._map(prompts, lambda p, n, seed: self._complete_one(p, params, n, seed), params, seeds)
 
-    def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+    def generate_chat(
+        self, conversations: list[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         """Answer each conversation via ``/v1/chat/completions``; ``params.n`` answers each."""
-        return self._map(conversations, lambda c, n, seed: self._chat_one(c, params, n, seed), params)
+        return self._map(conversations, lambda c, n, seed: self._chat_one(c, params, n, seed), params, seeds)
 
     def stream(self, prompt: str, params: SamplingParams) -> Iterator[str]:
         """Stream one completion of a text prompt from ``/v1/completions`` (``stream: true``)."""
@@ -85,12 +90,15 @@ class OpenAIBackend(Backend):
 
     # -- internals --------------------------------------------------------
 
-    def _map(self, items: list[Any], call: Callable[[Any, int, int | None], list[Completion]], params: SamplingParams):
-        """Run one logical request per item on the thread pool, in order; first failure cancels the rest."""
+    def _map(self, items: list[Any], call: Callable[[Any, int, int | None], list[Completion]], params: SamplingParams,
+             seeds: Sequence[int] | None):
+        """Run one logical request per item (with its own seed) on the thread pool, in order; first failure cancels
+        the rest."""
         if self._client is None:
             raise BackendError("backend is closed")
         if not items:
             return []
+        per_item = [params.model_copy(update={"seed": seed}) for seed in prompt_seeds(len(items), params, seeds)]
         results: list[list[Completion] | None] = [None] * len(items)
         progress = None
         if self.config.show_progress and len(items) >= _PROGRESS_MIN_REQUESTS:
@@ -100,7 +108,7 @@ class OpenAIBackend(Backend):
         workers = min(self.max_concurrency, len(items))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-backend")
         try:
-            futures = {pool.submit(self._with_n, call, item, params): i for i, item in enumerate(items)}
+            futures = {pool.submit(self._with_n, call, item, per_item[i]): i for i, item in enumerate(items)}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)

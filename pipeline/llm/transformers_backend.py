@@ -16,11 +16,16 @@
   prompt's end, and rebuilds a vocabulary table per call: ~3 s per batch with
   Gemma's 262k tokens). The text is then cut before the first stop string
   post hoc.
-* Reproducibility: with a seed, each batch samples from a torch RNG seeded
-  with the seed and the hash of that batch's prompts, inside a forked RNG
-  state (the global RNG is untouched). The same call gives the same outputs;
-  regrouping prompts into other batches may change them (padding changes the
-  arithmetic slightly on CPU).
+* Reproducibility: every sequence (a prompt's sample ``j``) samples from its
+  own ``torch.Generator``, seeded from the prompt's seed (``seeds[i]``, else
+  ``params.seed``) and ``j``; the global RNG is untouched. Transformers'
+  greedy loop does the decoding, and a logits processor
+  (:class:`_SeededSampler`) applies temperature and top-p and draws each row's
+  token with that row's generator, leaving only it selectable. A prompt's
+  completions therefore do not depend on the other prompts of the batch, on
+  ``batch_size`` or on their order (padding changes the arithmetic by float
+  rounding only, which can flip a draw only when it lands within rounding of
+  a boundary). Without any seed, rows are seeded from the global RNG.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import hashlib
 import logging
 from typing import Any, Iterator, Sequence
 
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 
-from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
+from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize, prompt_seeds
 from pipeline.llm.config import LLMConfig
 from pipeline.llm.models import ensure_gguf_cached, is_gguf, resolve_model
 from pipeline.llm.streaming import stream_with_stops, turn_end_marker
@@ -76,15 +81,19 @@ class TransformersBackend(Backend):
 
     # -- public API -------------------------------------------------------
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         """Complete raw text prompts; ``params.n`` completions each, in prompt order."""
-        return self._run(prompts, params, add_special_tokens=True)
+        return self._run(prompts, params, prompt_seeds(len(prompts), params, seeds), add_special_tokens=True)
 
-    def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+    def generate_chat(
+        self, conversations: list[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
         """Render each conversation with the tokenizer's chat template (generation prompt added) and complete it."""
         prompts = [self._chat_prompt(conv) for conv in conversations]
         # The template already holds any BOS token: don't add another.
-        return self._run(prompts, params, add_special_tokens=False)
+        return self._run(prompts, params, prompt_seeds(len(prompts), params, seeds), add_special_tokens=False)
 
     def supports_chat(self) -> bool:
         """Whether the tokenizer has a chat template."""
@@ -106,7 +115,7 @@ class TransformersBackend(Backend):
                 ends.add(ids[0])
             else:
                 stops.append(marker)
-        return self._stream(prompt, params, add_special_tokens=False, extra_eos=ends, extra_stop=stops)
+        return self._stream(prompt, params, add_special_tokens=False, extra_eos=sorted(ends), extra_stop=stops)
 
     def close(self) -> None:
         """Drop the model and free accelerator memory."""
@@ -131,27 +140,29 @@ class TransformersBackend(Backend):
             )
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
-    def _generation_config(self, params: SamplingParams, per_prompt: int, eos_ids: set[int]):
-        """transformers' GenerationConfig for these sampling parameters."""
-        from transformers import GenerationConfig
+    def _decoding(self, params: SamplingParams, row_seeds: list[int | None], eos_ids: set[int]):
+        """transformers' GenerationConfig and logits processors for these parameters, one seed per generated row.
+
+        Sampling, when asked, is :class:`_SeededSampler`'s (one generator per row), so greedy search then
+        takes its draw; a row's samples do not depend on the other rows of its batch.
+        """
+        from transformers import GenerationConfig, LogitsProcessorList
 
         gen = GenerationConfig(
             max_new_tokens=params.max_tokens,
-            do_sample=not params.greedy,
-            num_return_sequences=per_prompt,
+            do_sample=False,
             eos_token_id=sorted(eos_ids) or None,
             pad_token_id=self._pad_id,
         )
         if params.repetition_penalty != 1.0:
             gen.repetition_penalty = params.repetition_penalty
+        processors = LogitsProcessorList()
         if not params.greedy:
-            gen.temperature = params.temperature
-            gen.top_p = params.top_p
-            gen.top_k = 0
-        return gen
+            processors.append(_SeededSampler(params.temperature, params.top_p, row_seeds, self.device))
+        return gen, processors
 
     def _stream(self, prompt: str, params: SamplingParams, *, add_special_tokens: bool,
-                extra_eos: set[int] = frozenset(), extra_stop: Sequence[str] = ()) -> Iterator[str]:
+                extra_eos: Sequence[int] = (), extra_stop: Sequence[str] = ()) -> Iterator[str]:
         """Generate in a thread and yield decoded text as it comes; closing the iterator stops generation."""
         import threading
 
@@ -163,21 +174,19 @@ class TransformersBackend(Backend):
         stop = [*params.stop, *extra_stop]
         enc = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=add_special_tokens)
         enc = {k: v.to(self.device) for k, v in enc.items()}
-        gen = self._generation_config(params, 1, self._eos_ids | set(extra_eos))
+        gen, processors = self._decoding(params, [_row_seed(params.seed, 0)], self._eos_ids | set(extra_eos))
         cancel = threading.Event()
         criteria = StoppingCriteriaList([_Cancelled(cancel)])
         if any(stop):
             criteria.append(_StopOnGeneratedText(self.tokenizer, stop, enc["input_ids"].shape[1]))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
 
         def work() -> None:
             try:
-                with torch.random.fork_rng(devices=devices), torch.inference_mode():
-                    if params.seed is not None:
-                        torch.manual_seed(_batch_seed(params.seed, [prompt]))
-                    self.model.generate(**enc, generation_config=gen, stopping_criteria=criteria, streamer=streamer)
+                with torch.inference_mode():
+                    self.model.generate(**enc, generation_config=gen, stopping_criteria=criteria,
+                                        logits_processor=processors, streamer=streamer)
             except BaseException as e:  # handed to the reading thread
                 failure.append(e)
                 streamer.end()
@@ -192,7 +201,8 @@ class TransformersBackend(Backend):
         if failure:
             raise BackendError(f"generation failed: {_one_line(failure[0])}") from failure[0]
 
-    def _run(self, prompts: list[str], params: SamplingParams, *, add_special_tokens: bool) -> list[list[Completion]]:
+    def _run(self, prompts: list[str], params: SamplingParams, seeds: list[int | None], *,
+             add_special_tokens: bool) -> list[list[Completion]]:
         if self.model is None:
             raise BackendError("backend is closed")
         if not prompts:
@@ -211,7 +221,8 @@ class TransformersBackend(Backend):
             progress = tqdm(total=len(prompts), desc="generate", unit="prompt")
         try:
             for batch in batches:
-                outs = self._generate_batch([prompts[i] for i in batch], params, add_special_tokens)
+                outs = self._generate_batch([prompts[i] for i in batch], params, [seeds[i] for i in batch],
+                                            add_special_tokens)
                 for i, completions in zip(batch, outs):
                     results[i] = completions
                 if progress is not None:
@@ -222,28 +233,28 @@ class TransformersBackend(Backend):
         return results
 
     def _generate_batch(
-        self, prompts: list[str], params: SamplingParams, add_special_tokens: bool
+        self, prompts: list[str], params: SamplingParams, seeds: list[int | None], add_special_tokens: bool
     ) -> list[list[Completion]]:
         import torch
         from transformers import StoppingCriteriaList
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        prompt_len = enc["input_ids"].shape[1]
         per_prompt = 1 if params.greedy else params.n
-        gen = self._generation_config(params, per_prompt, self._eos_ids)
+        # one row per (prompt, sample): sample j of prompt i is row i * per_prompt + j
+        enc = {k: v.repeat_interleave(per_prompt, dim=0).to(self.device) for k, v in enc.items()}
+        prompt_len = enc["input_ids"].shape[1]
+        row_seeds = [_row_seed(seed, j) for seed in seeds for j in range(per_prompt)]
+        gen, processors = self._decoding(params, row_seeds, self._eos_ids)
         criteria = StoppingCriteriaList()
         if any(params.stop):
             criteria.append(_StopOnGeneratedText(self.tokenizer, params.stop, prompt_len))
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            if params.seed is not None:
-                torch.manual_seed(_batch_seed(params.seed, prompts))
-            out = self.model.generate(**enc, generation_config=gen, stopping_criteria=criteria)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, generation_config=gen, stopping_criteria=criteria,
+                                      logits_processor=processors)
         new_tokens = out[:, prompt_len:].tolist()
         prompt_ids = [
             [t for t, m in zip(ids, mask) if m]
-            for ids, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())
+            for ids, mask in zip(enc["input_ids"][::per_prompt].tolist(), enc["attention_mask"][::per_prompt].tolist())
         ]
         results: list[list[Completion]] = []
         for p, ids in enumerate(prompt_ids):
@@ -278,6 +289,36 @@ class TransformersBackend(Backend):
         if full.startswith(head):
             return full[len(head) :]
         return tok.decode(new_ids, skip_special_tokens=True)
+
+
+class _SeededSampler(LogitsProcessor):
+    """Temperature + top-p sampling with one seeded generator per row, as a logits processor.
+
+    Each step it draws every row's next token with that row's own generator
+    and leaves only that token selectable (the others get ``-inf``), so
+    transformers' greedy loop emits the draw. A row's draws depend on its
+    seed and its own logits only, not on the rows batched with it.
+    """
+
+    def __init__(self, temperature: float, top_p: float, seeds: list[int], device: Any) -> None:
+        import torch
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        scores = scores.float()
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores, dim=-1)
+        chosen = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
 
 
 class _StopOnGeneratedText(StoppingCriteria):
@@ -345,13 +386,14 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _batch_seed(seed: int, prompts: list[str]) -> int:
-    """A per-batch seed from the call's seed and the batch's prompts."""
-    h = hashlib.sha256(str(seed).encode())
-    for p in prompts:
-        h.update(b"\x00")
-        h.update(p.encode("utf-8", "surrogatepass"))
-    return int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1)
+def _row_seed(seed: int | None, sample: int) -> int:
+    """The generator seed of sample ``sample`` of a prompt with ``seed`` (None: drawn from the global RNG)."""
+    if seed is None:
+        import torch
+
+        return int(torch.randint(0, 2**62, (1,)).item())
+    digest = hashlib.sha256(f"{seed}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
 def _one_line(e: BaseException) -> str:

@@ -14,17 +14,18 @@ Notes:
   ``n > 1`` at temperature 0).
 * Stop strings are excluded from the text by vLLM by default; the shared
   :func:`pipeline.llm.base.finalize` cut is applied as well.
-* ``seed`` goes into each request's sampling params: vLLM then samples each
-  request from its own seeded generator, so results do not depend on batching.
+* Each prompt gets its own sampling params carrying its seed (``seeds[i]``,
+  else ``params.seed``): vLLM then samples each request from its own seeded
+  generator, so results do not depend on batching.
 * ``gemma3-270m-gguf`` resolves to the packaged GGUF file; vLLM's GGUF support
   may also want ``tokenizer`` set to a tokenizer directory.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize
+from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize, prompt_seeds
 from pipeline.llm.config import LLMConfig
 from pipeline.llm.models import resolve_model
 
@@ -89,14 +90,20 @@ class VLLMBackend(Backend):
         self.config = config
         self._llm = self._vllm.LLM(**vllm_engine_kwargs(config))
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """Complete raw text prompts with ``LLM.generate``."""
-        outputs = self._engine().generate(prompts, self._sampling(params), use_tqdm=self.config.show_progress)
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Complete raw text prompts with ``LLM.generate`` (one sampling params per prompt, with its seed)."""
+        sampling = self._sampling(params, len(prompts), seeds)
+        outputs = self._engine().generate(prompts, sampling, use_tqdm=self.config.show_progress)
         return [self._completions(o, params) for o in outputs]
 
-    def generate_chat(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
-        """Answer conversations with ``LLM.chat`` (the model's chat template)."""
-        outputs = self._engine().chat(conversations, self._sampling(params), use_tqdm=self.config.show_progress)
+    def generate_chat(
+        self, conversations: list[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        """Answer conversations with ``LLM.chat`` (the model's chat template), one sampling params each."""
+        sampling = self._sampling(params, len(conversations), seeds)
+        outputs = self._engine().chat(conversations, sampling, use_tqdm=self.config.show_progress)
         return [self._completions(o, params) for o in outputs]
 
     def close(self) -> None:
@@ -108,8 +115,10 @@ class VLLMBackend(Backend):
             raise BackendError("backend is closed")
         return self._llm
 
-    def _sampling(self, params: SamplingParams) -> Any:
-        return self._vllm.SamplingParams(**vllm_sampling_kwargs(params))
+    def _sampling(self, params: SamplingParams, count: int, seeds: Sequence[int] | None) -> list[Any]:
+        """One ``vllm.SamplingParams`` per prompt, each with that prompt's seed."""
+        return [self._vllm.SamplingParams(**vllm_sampling_kwargs(params.model_copy(update={"seed": seed})))
+                for seed in prompt_seeds(count, params, seeds)]
 
     @staticmethod
     def _completions(request_output: Any, params: SamplingParams) -> list[Completion]:

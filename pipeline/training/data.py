@@ -4,7 +4,10 @@
 template, its special tokens, a pad token) and turns a conversation into
 ``input_ids`` and ``labels``: the whole rendered text is tokenised at once
 (exactly as ``apply_chat_template`` tokenises it) and every token whose first
-character lies outside an assistant answer is labelled -100.
+character lies outside an assistant answer is labelled -100. A special token
+that a turn's own text spells out (``<|assistant|>`` typed by a user, an EOS
+string inside an answer) is encoded as the plain text it is: only the
+template writes control tokens, so the data cannot forge turn boundaries.
 
 Batches are formed one of three ways (``batching`` in the stage config):
 
@@ -25,7 +28,14 @@ from typing import Literal
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.training.formats import ChatFormat, check_messages, get_format, jinja_template, render
+from pipeline.training.formats import (
+    ChatFormat,
+    check_messages,
+    get_format,
+    jinja_template,
+    render,
+    render_with_contents,
+)
 
 IGNORE = -100
 Overflow = Literal["truncate", "drop"]
@@ -84,13 +94,20 @@ class ConversationEncoder:
             tokenizer.pad_token = tokenizer.eos_token
         system = (system_prompt if system_prompt is not None else base.default_system) if use_default_system else None
         self.format: ChatFormat = base.with_tokens(tokenizer.eos_token, system)
-        self.bos = self._bos(tokenizer)
+        self.bos = self._bos(tokenizer, base.bos_first)
         tokenizer.chat_template = jinja_template(self.format, self.bos)
         self.tokenizer = tokenizer
+        self.control_ids = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        self.control_ids |= {tokenizer.convert_tokens_to_ids(t) for t in base.special_tokens}
+        self._newline = tokenizer("\n", add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     @staticmethod
-    def _bos(tokenizer) -> str:
-        """The beginning-of-sequence token when the tokenizer itself would add one to plain text, else ''."""
+    def _bos(tokenizer, always: bool = False) -> str:
+        """The beginning-of-sequence token when the format always starts with one (the end-of-sequence token
+        stands in for a tokenizer without one, as in StarCoder2's) or the tokenizer itself would add one to
+        plain text; else ''."""
+        if always:
+            return tokenizer.bos_token or tokenizer.eos_token
         bos_id = tokenizer.bos_token_id
         if bos_id is None:
             return ""
@@ -112,10 +129,16 @@ class ConversationEncoder:
         problem = check_messages(messages)
         if problem:
             return Encoded([], [], f"dropped_{problem}", 0)
-        text, spans = render(self.format, messages, self.bos)
+        text, spans, contents = render_with_contents(self.format, messages, self.bos)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        labels = [tok if _inside(start, spans) else IGNORE for tok, (start, _) in zip(ids, enc["offset_mapping"])]
+        ids: list[int] = []
+        labels: list[int] = []
+        for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+            pieces = [tok]
+            if tok in self.control_ids and _inside(start, contents):
+                pieces = self._as_text(text[start:end])  # typed in a turn, not written by the template
+            ids += pieces
+            labels += pieces if _inside(start, spans) else [IGNORE] * len(pieces)
         n = len(ids)
         status = "kept"
         if n > max_length:
@@ -125,6 +148,15 @@ class ConversationEncoder:
             if all(label == IGNORE for label in labels):
                 return Encoded([], [], "dropped_answer_truncated_away", n)
         return Encoded(ids, labels, status, n)
+
+
+    def _as_text(self, token: str) -> list[int]:
+        """The ids of a special token's string read as plain text (after a newline, so no word-start marker is
+        added by SentencePiece-style tokenizers, which is then removed)."""
+        plain = self.tokenizer("\n" + token, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if plain[: len(self._newline)] == self._newline:
+            return plain[len(self._newline):]
+        return self.tokenizer(token, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def _inside(position: int, spans: list[tuple[int, int]]) -> bool:

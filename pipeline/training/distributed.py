@@ -32,6 +32,13 @@ from pipeline.training.resume import COMPLETE_MARKER, checkpoints, last_complete
 log = logging.getLogger("pipeline.finetune")
 
 
+def check_layout_device(layout: str, cuda: bool) -> None:
+    """A one-line error for a sharded layout launched without GPUs (accelerate's FSDP and DeepSpeed need them)."""
+    if not cuda and layout.startswith(("fsdp", "zero3")):
+        raise PipelineError(f"finetune: the {layout} layout needs CUDA GPUs (accelerate runs FSDP and DeepSpeed only "
+                            "on accelerators); on CPUs launch with configs/accelerate/ddp.yaml")
+
+
 def accumulation_per_process(per_device: int, accumulation: int, processes: int) -> int:
     """Gradient accumulation steps per process that keep the effective batch ``per_device x accumulation``."""
     if accumulation % processes:

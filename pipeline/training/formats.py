@@ -11,13 +11,21 @@ From that one table come both
   spans of every assistant answer (its content and its end marker): the only
   characters whose tokens keep their labels.
 
-Two formats ship:
+Three formats ship:
 
 ``instruction`` (default)
     The plain instruction/response layout of the paper, in our own words: an
     optional preamble (the system turn, or a default one), then
     ``### Instruction`` and ``### Response`` headed blocks separated by a blank
     line, each answer closed by the tokenizer's end-of-sequence token.
+
+``starcoder2-instruct``
+    The prompt format StarCoder2-15B-Instruct was released with (its model
+    card): the beginning-of-sequence token, the model's fixed system line, then
+    ``### Instruction`` and ``### Response`` headed blocks separated by a blank
+    line, each answer closed by the end-of-sequence token. The paper recipe
+    trains with it, so the fine-tuned model is prompted exactly like the
+    released one.
 
 ``chatml``
     Role tokens ``<|system|>``, ``<|user|>``, ``<|assistant|>`` and an
@@ -40,6 +48,11 @@ DEFAULT_INSTRUCTION_PREAMBLE = (
     "You are a programming assistant. Each instruction below describes a coding task; "
     "answer it with a correct, self-contained solution and tests that show it works."
 )
+STARCODER2_INSTRUCT_SYSTEM = (
+    "You are an exceptionally intelligent coding assistant that consistently delivers accurate and reliable "
+    "responses to user instructions."
+)
+"""The system line of the released StarCoder2-15B-Instruct prompt format (an interface fact of that model)."""
 CHATML_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 
@@ -54,12 +67,15 @@ class ChatFormat:
     default_system: str | None = None
     special_tokens: tuple[str, ...] = ()
     stop_markers: tuple[str, ...] = field(default=(EOS,))
+    bos_first: bool = False
+    """Every text starts with the tokenizer's beginning-of-sequence token, whether or not it adds one itself."""
 
     def with_tokens(self, eos_token: str, system_prompt: str | None) -> "ChatFormat":
         """This format with the end-of-sequence placeholder filled in and the default system prompt set."""
         fill = {role: text.replace(EOS, eos_token) for role, text in self.ends.items()}
         stops = tuple(s.replace(EOS, eos_token) for s in self.stop_markers)
-        return ChatFormat(self.name, dict(self.headers), fill, self.separator, system_prompt, self.special_tokens, stops)
+        return ChatFormat(self.name, dict(self.headers), fill, self.separator, system_prompt, self.special_tokens,
+                          stops, self.bos_first)
 
 
 INSTRUCTION = ChatFormat(
@@ -68,6 +84,15 @@ INSTRUCTION = ChatFormat(
     ends={"system": "", "user": "", "assistant": EOS},
     separator="\n\n",
     default_system=DEFAULT_INSTRUCTION_PREAMBLE,
+)
+
+STARCODER2_INSTRUCT = ChatFormat(
+    name="starcoder2-instruct",
+    headers=dict(INSTRUCTION.headers),
+    ends=dict(INSTRUCTION.ends),
+    separator=INSTRUCTION.separator,
+    default_system=STARCODER2_INSTRUCT_SYSTEM,
+    bos_first=True,
 )
 
 CHATML = ChatFormat(
@@ -80,7 +105,7 @@ CHATML = ChatFormat(
     stop_markers=("<|end|>",),
 )
 
-FORMATS = {f.name: f for f in (INSTRUCTION, CHATML)}
+FORMATS = {f.name: f for f in (INSTRUCTION, STARCODER2_INSTRUCT, CHATML)}
 
 
 def get_format(name: str) -> ChatFormat:
@@ -112,8 +137,20 @@ def render(fmt: ChatFormat, messages: list[dict], bos: str = "", add_generation_
     Each span covers an assistant turn's content and its end marker, not its
     header. The text equals what the format's Jinja template renders.
     """
+    text, answers, _ = render_with_contents(fmt, messages, bos, add_generation_prompt)
+    return text, answers
+
+
+def render_with_contents(fmt: ChatFormat, messages: list[dict], bos: str = "", add_generation_prompt: bool = False
+                         ) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+    """:func:`render`'s text and answer spans, plus the spans of every turn's content (text a user typed).
+
+    Only the characters outside the content spans were written by the template;
+    the encoder turns special-token strings into control tokens there alone.
+    """
     pieces: list[str] = [bos]
     spans: list[tuple[int, int]] = []
+    contents: list[tuple[int, int]] = []
     position = len(bos)
 
     def emit(text: str) -> None:
@@ -130,14 +167,16 @@ def render(fmt: ChatFormat, messages: list[dict], bos: str = "", add_generation_
             emit(fmt.separator)
         emit(fmt.headers[role])
         start = position
-        emit(message["content"] + fmt.ends[role])
+        emit(message["content"])
+        contents.append((start, position))
+        emit(fmt.ends[role])
         if role == "assistant":
             spans.append((start, position))
     if add_generation_prompt:
         if turns:
             emit(fmt.separator)
         emit(fmt.headers["assistant"])
-    return "".join(pieces), spans
+    return "".join(pieces), spans, contents
 
 
 def _literal(text: str) -> str:

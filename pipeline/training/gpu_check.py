@@ -12,13 +12,18 @@ pipeline.training.gpu_check`` and prints one table, also written as JSON:
    memory against :mod:`pipeline.training.layouts`' estimate, tokens per
    second and model-FLOPs utilisation (``6N + 12 * layers * heads * head_dim
    * seq`` FLOPs per token, against the card's dense bf16 peak).
-2. **train-15b**: where the card has the memory the estimate asks for, a few
+2. **stage-3b**: the finetune stage itself (``Runner.run_stage``: the
+   store, its own fit estimate and check, bf16 on CUDA, the saved model) on
+   the same model for 4 steps, where the pipeline's other dependencies
+   (pyarrow, pydantic, ...) are importable; otherwise the row says which is
+   missing.
+3. **train-15b**: where the card has the memory the estimate asks for, a few
    optimizer steps of the real StarCoder2-15B shape at the paper's settings
    (sequence 1280, batch 1, Adafactor, checkpointing, bfloat16); its peak set
    against the estimate (65.2 GiB, "fits one A100 80GB"). An out-of-memory
    error is a result too, and reported as one.
-3. **lora-3b**: the 3B model with a LoRA adapter (r 16, every linear layer).
-4. **generate-bs1 / generate-bs32**: greedy generation of 128 new tokens
+4. **lora-3b**: the 3B model with a LoRA adapter (r 16, every linear layer).
+5. **generate-bs1 / generate-bs32**: greedy generation of 128 new tokens
    through the pipeline's transformers backend on CUDA from the saved 3B
    model, tokens per second at batch 1 and 32.
 
@@ -104,19 +109,26 @@ def build_tokenizer(vocab_size: int):
     return tokenizer
 
 
+def conversations(tokenizer, n: int, seq_len: int) -> list[list[dict]]:
+    """``n`` conversations whose answers (standard-library source) are longer than ``seq_len`` tokens."""
+    code = inspect.getsource(inspect)
+    out = []
+    for i in range(n):
+        body = code[i * 997 % len(code):] + code
+        while len(tokenizer(body, add_special_tokens=False)["input_ids"]) < seq_len:
+            body += code
+        out.append([{"role": "user", "content": f"Explain part {i} of the inspect module."},
+                    {"role": "assistant", "content": body}])
+    return out
+
+
 def training_rows(tokenizer, n: int, seq_len: int) -> list[dict]:
     """``n`` conversations rendered with the stage's instruction format, each truncated to exactly ``seq_len`` tokens."""
     from pipeline.training.data import ConversationEncoder, plain_rows
 
     encoder = ConversationEncoder(tokenizer, "instruction")
-    code = inspect.getsource(inspect)
     rows = []
-    for i in range(n):
-        body = code[i * 997 % len(code):] + code
-        while len(tokenizer(body, add_special_tokens=False)["input_ids"]) < seq_len:
-            body += code
-        messages = [{"role": "user", "content": f"Explain part {i} of the inspect module."},
-                    {"role": "assistant", "content": body}]
+    for messages in conversations(tokenizer, n, seq_len):
         encoded = encoder.encode(messages, seq_len, "truncate")
         if len(encoded.input_ids) != seq_len:
             raise RuntimeError(f"gpu check: a training row has {len(encoded.input_ids)} tokens, not {seq_len} "
@@ -225,6 +237,46 @@ def training_row(check: str, config, layout: str, measured: Measured, *, seq_len
             "status": "ok"}
 
 
+def check_stage(model_dir: Path, tokenizer, work: Path, *, seq_len: int, steps: int, accumulation: int, cuda: bool,
+                device_name: str) -> dict:
+    """The finetune stage itself (store, fit check, Trainer, save) on the saved model, where its dependencies exist.
+
+    The GPU machine usually lacks the pipeline's other dependencies (pyarrow, ...): then the row says which.
+    """
+    row = {"check": "stage-" + ("3b" if cuda else "tiny"), "seq_len": seq_len}
+    try:
+        from pipeline.cli import _model_config_class
+        from pipeline.config import build_config_model, validate_config
+        from pipeline.runner import Runner
+        from pipeline.stage import PlannedStage
+        from stages import PIPELINE
+    except ImportError as exc:
+        return row | {"status": f"skipped: the pipeline's own dependencies are missing ({exc.name})"}
+    data = work / "conversations.jsonl"
+    data.write_text("".join(json.dumps({"id": f"c{i}", "messages": m}) + "\n"
+                            for i, m in enumerate(conversations(tokenizer, steps * accumulation, seq_len))))
+    recipe = {"name": "gpu-check", "run": {"work_dir": str(work / "stage")},
+              "model": {"backend": "transformers", "model": str(model_dir), "device": "cuda" if cuda else "cpu"},
+              "stages": {"finetune": {"max_steps": steps, "per_device_batch_size": 1, "max_length": seq_len,
+                                      "gradient_accumulation_steps": accumulation, "save_steps": 10_000}}}
+    model = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},
+                               _model_config_class())
+    with Measured(cuda) as measured:
+        manifest = Runner(validate_config(recipe, model, "gpu check"), PIPELINE).run_stage(
+            "finetune", input_override=str(data))
+    training = manifest["training"]
+    shape = shape_from_config(json.loads((model_dir / "config.json").read_text()), row["check"])
+    speed = training.get("tokens_per_second")
+    peak = peak_tflops(device_name) if cuda else None
+    return row | {"params": shape.n_params, "steps": training["global_step"],
+                  "estimate_gib": (training.get("fit_estimate") or {}).get("needed_gib"),
+                  "peak_allocated_gib": round(measured.peak_allocated / GIB, 2),
+                  "peak_reserved_gib": round(measured.peak_reserved / GIB, 2), "tokens_per_s": speed,
+                  "mfu": round(speed * flops_per_token(shape, seq_len) / (peak * 1e12), 3) if speed and peak else None,
+                  "first_loss": training.get("first_loss"), "last_loss": training.get("final_loss"),
+                  "bf16": training.get("bf16"), "status": "ok"}
+
+
 def check_generation(model_dir: Path, batch: int, max_tokens: int, cuda: bool) -> dict:
     """Greedy generation through the pipeline's transformers backend; tokens per second at ``batch`` prompts."""
     from pipeline.llm.base import SamplingParams
@@ -250,11 +302,10 @@ def check_generation(model_dir: Path, batch: int, max_tokens: int, cuda: bool) -
             "peak_allocated_gib": round(measured.peak_allocated / GIB, 2), "status": "ok"}
 
 
-def release(*objects) -> None:
-    """Drop the references handed in and return the GPU memory they held."""
+def free_memory() -> None:
+    """Collect what is no longer referenced and hand the GPU memory it held back to the device."""
     import torch
 
-    del objects
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -294,8 +345,13 @@ def run_checks(args) -> tuple[dict, list[dict]]:
     model.config.use_cache = True
     model.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    release(model)
     del model
+    free_memory()
+
+    print("gpu check: the finetune stage", file=sys.stderr, flush=True)
+    rows.append(check_stage(model_dir, tokenizer, work, seq_len=seq_len, steps=min(steps, 4),
+                            accumulation=accumulation, cuda=cuda, device_name=device_name))
+    free_memory()
 
     print("gpu check: lora", file=sys.stderr, flush=True)
     lora_options = argparse.Namespace(adapter="lora", lora_r=16, lora_alpha=32, lora_dropout=0.0,
@@ -308,8 +364,8 @@ def run_checks(args) -> tuple[dict, list[dict]]:
                              out_dir=work / "lora")
     rows.append(training_row(name.replace("train", "lora"), config, "lora", measured, seq_len=seq_len,
                              accumulation=accumulation, bf16=bf16, cuda=cuda, device_name=device_name, losses=losses))
-    release(model)
     del model
+    free_memory()
 
     for batch in (1, 4 if args.dry else 32):
         print(f"gpu check: generation at batch {batch}", file=sys.stderr, flush=True)
@@ -319,11 +375,11 @@ def run_checks(args) -> tuple[dict, list[dict]]:
             continue
         rows.append(check_generation(model_dir, batch, gen_tokens, cuda))
 
-    rows.append(check_15b(args, cuda, total, device_name, work))
+    rows.append(check_15b(args, cuda, total, device_name, work, tokenizer))
     return facts, rows
 
 
-def check_15b(args, cuda: bool, total: int, device_name: str, work: Path) -> dict:
+def check_15b(args, cuda: bool, total: int, device_name: str, work: Path, tokenizer) -> dict:
     """A few optimizer steps of the StarCoder2-15B shape at the paper's settings, where the memory allows."""
     import torch
 
@@ -337,18 +393,18 @@ def check_15b(args, cuda: bool, total: int, device_name: str, work: Path) -> dic
     if total < est.per_gpu:
         return row | {"status": f"skipped: the card has {total / GIB:.1f} GiB, the estimate asks {est.per_gpu / GIB:.1f}"}
     print("gpu check: train-15b", file=sys.stderr, flush=True)
-    tokenizer = build_tokenizer(config.vocab_size)
-    data = training_rows(tokenizer, 3, 1280)
+    data = training_rows(tokenizer, 3, 1280)  # the 3B's tokenizer: the same 49152 ids
     try:
         model = build_model(config, torch.bfloat16, "cuda")
         measured, losses = train(model, tokenizer, data, steps=3, accumulation=1, bf16=True, cuda=True,
                                  out_dir=work / "train15b")
     except torch.cuda.OutOfMemoryError as exc:
         peak = torch.cuda.max_memory_allocated()
-        release()
+        free_memory()
         return row | {"peak_allocated_gib": round(peak / GIB, 2),
                       "status": f"out of memory ({str(exc).splitlines()[0][:160]})"}
-    release(model)
+    del model
+    free_memory()
     return training_row("train-15b", config, "ddp", measured, seq_len=1280, accumulation=1, bf16=True, cuda=True,
                         device_name=device_name, losses=losses)
 
