@@ -31,6 +31,7 @@ def _stage_list(registry: Sequence[type[Stage] | PlannedStage]) -> str:
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage seeds -o stages.seeds.max_seeds=100")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --status")
     lines.append("  python run_pipeline.py --config configs/selfcodealign-sc2-15b.yaml --preflight")
+    lines.append("  python run_pipeline.py --score answers.jsonl --benchmark humaneval")
     return "\n".join(lines)
 
 
@@ -79,6 +80,13 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
         help="write exactly what publishing the selected (done) stages would upload into DIR",
     )
     parser.add_argument("--publish", action="store_true", help="push the selected done stages to the Hub (hub.*)")
+    parser.add_argument(
+        "--score", metavar="ANSWERS.jsonl", type=Path,
+        help="score a file of answers made anywhere (task_id and completion or solution per line) in the sandbox; "
+        "needs --benchmark",
+    )
+    parser.add_argument("--benchmark", metavar="NAME",
+                        help="with --score: humaneval, humaneval+, mbpp+, mbpp, or a benchmark file ([name=]path)")
     chat = parser.add_argument_group("chat")
     chat.add_argument("--chat", action="store_true",
                       help="talk to the model the recipe trained in the terminal: streamed answers in the model's "
@@ -110,9 +118,11 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     args = parser.parse_args(argv)
     if (args.shard or args.merge) and (not args.stage or args.stage == "all"):
         parser.error("--shard and --merge need --stage NAME (one stage)")
+    if bool(args.score) != bool(args.benchmark):
+        parser.error("--score and --benchmark go together: --score ANSWERS.jsonl --benchmark NAME")
     args.chat = args.chat or args.model is not None
     if not (args.chat or args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish
-            or args.report or args.preflight):
+            or args.report or args.preflight or args.score):
         parser.print_help()
         return 0
     from pipeline.runner import Runner
@@ -126,6 +136,8 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
         if args.status:
             print(run_summary(runner.states()))
             return 0
+        if args.score:
+            return _score(args, config)
         if args.chat:
             from pipeline.chat.command import chat_command
 
@@ -176,6 +188,21 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted: every committed batch is kept; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _score(args, config) -> int:
+    """``--score``: the answers file's scores on the benchmark, printed (settings from stages.evaluate)."""
+    from pipeline.benchmarks.scoring import score_answers, score_lines
+
+    settings = getattr(config.stages, "evaluate", None)
+    if settings is None:
+        from pipeline.benchmarks.settings import EvaluateConfig
+
+        settings = EvaluateConfig()
+    setup_logging(config.run.work_dir, args.log_level)
+    outcome = score_answers(args.score, args.benchmark, settings, Path(config.run.work_dir))
+    print("\n".join(score_lines(outcome)))
+    return 0
 
 
 def _preflight(runner, names: list[str]) -> bool:

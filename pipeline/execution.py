@@ -99,6 +99,13 @@ def program_hash(program: str) -> str:
     return hashlib.sha256(program.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def verdict_key(program: str, timeout: float | None = None) -> str:
+    """The cache key of a program's verdict: its hash, or with its own time limit, the hash of both."""
+    if timeout is None:
+        return program_hash(program)
+    return program_hash(f"{program}\0timeout={timeout:g}")
+
+
 def limits_key(sandbox_config: Any) -> str:
     """A short hash of the sandbox settings that can change a verdict."""
     view = {name: getattr(sandbox_config, name, None) for name in VERDICT_LIMITS}
@@ -180,20 +187,26 @@ class SandboxSession:
             self.cache.close()
             self.cache = None
 
-    def run(self, programs: dict[str, str], on_verdict: Callable[[str], None] | None = None) -> dict[str, dict]:
+    def run(self, programs: dict[str, str], on_verdict: Callable[[str], None] | None = None,
+            timeouts: dict[str, float] | None = None) -> dict[str, dict]:
         """Verdicts (as dicts) for ``{key: program}``; cached programs are not run again, duplicates run once.
 
         ``on_verdict(key)`` is called once per key as its verdict is known (for progress bars).
+        ``timeouts`` gives some keys a wall-clock limit of their own (else the
+        sandbox's ``timeout_s``); the limit is then part of the cache key.
         """
         from sandbox import Job, SandboxError
 
         assert self.pool is not None and self.cache is not None, "open() the session first"
-        hashes = {key: program_hash(code) for key, code in programs.items()}
+        timeouts = timeouts or {}
+        hashes = {key: verdict_key(code, timeouts.get(key)) for key, code in programs.items()}
         known = self.cache.get_many(hashes.values())
         todo: dict[str, str] = {}
+        limits: dict[str, float | None] = {}
         for key, digest in hashes.items():
             if digest not in known and digest not in todo:
                 todo[digest] = programs[key]
+                limits[digest] = timeouts.get(key)
         waiting: dict[str, list[str]] = {}
         for key, digest in hashes.items():
             if digest in known:
@@ -212,7 +225,8 @@ class SandboxSession:
                     on_verdict(key)
 
         try:
-            self.pool.run([Job(id=digest, code=code) for digest, code in todo.items()], on_result=record)
+            self.pool.run([Job(id=digest, code=code, timeout=limits[digest]) for digest, code in todo.items()],
+                          on_result=record)
         except SandboxError as exc:
             raise PipelineError(
                 f"sandbox failed mid-run ({exc}); every verdict finished so far is kept: rerun the same command"

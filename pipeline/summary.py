@@ -81,13 +81,12 @@ def outcome_lines(states: Iterable) -> list[str]:
         rest = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items(), key=lambda kv: -kv[1]) if k != "passed")
         passed = statuses.get("passed", 0)
         lines.append(f"execution: {passed}/{total} samples passed ({100 * passed / total:.1f}%)" + (f"; {rest}" if rest else ""))
-    results = by_name.get("evaluate", {}).get("results") or {}
-    if results:
-        shown = "  ".join(
-            f"{model} {100 * r.get('pass@1', 0):.1f}% ({r.get('passed')}/{r.get('total')})"
-            for model, r in results.items() if isinstance(r, dict)
-        )
-        lines.append(f"HumanEval pass@1: {shown}")
+    from pipeline.report.evaluation import normalize, score_rows
+
+    for label, by_model in score_rows(normalize(by_name.get("evaluate", {}).get("results"))):
+        shown = "  ".join(f"{model} {100 * (r.get('pass@1') or 0):.1f}% ({r.get('passed')}/{r.get('total')})"
+                          for model, r in by_model.items())
+        lines.append(f"{label} pass@1: {shown}")
     return lines
 
 

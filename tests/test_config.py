@@ -27,6 +27,9 @@ def test_recipes_in_configs_validate():
     demo = load_config(REPO / "configs/demo.yaml", MODEL)
     assert demo.stages.seeds.source.kind == "stdlib"
     assert (demo.model.backend, demo.model.model) == ("llamacpp", "qwen2.5-coder-0.5b-instruct-gguf")
+    evaluated = demo.stages.evaluate.entries()  # both models on transformers, though generation ran on llama.cpp
+    assert [(e.model, e.settings["backend"], e.prompt_format) for e in evaluated] == [
+        ("base", "transformers", "completion"), ("finetuned", "transformers", "completion")]
     gemma = load_config(REPO / "configs/demo-gemma-base.yaml", MODEL)
     assert (gemma.model.backend, gemma.model.model) == ("transformers", "gemma3-270m-gguf")
     mini = load_config(REPO / "configs/mini-repro.yaml", MODEL)

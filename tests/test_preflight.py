@@ -193,3 +193,29 @@ def test_unknown_context_is_said_not_guessed(tmp_path):
     assert result.returncode == 0, "a context that cannot be read is a warning"
     assert ("warning: concepts: cannot check the prompt size: the context of bigcode/starcoder2-15b is unknown: "
             "set model.max_model_len") in result.stderr
+
+
+def test_evaluate_checks_every_model_on_every_benchmark(tmp_path, docker_engine):
+    """Each model entry's longest prompt per benchmark against its context (the fine-tune measured with the
+    demo model's tokenizer, which stands in for it); a benchmark still to download is a warning, an unknown
+    benchmark or an unusable model entry a failure."""
+    fixture = REPO / "tests" / "fixtures" / "benchmarks" / "mbppplus_format.jsonl"
+    result = run_cli("-c", DEMO, "--preflight", "--stage", "evaluate", "-o", f"run.work_dir={tmp_path / 'work'}",
+                     "-o", f"stages.evaluate.benchmarks=[humaneval, mbpp+, mine={fixture}, nothere]",
+                     "-o", "stages.evaluate.max_tokens=32700",
+                     "-o", "stages.evaluate.models=[{model: base}, {model: finetuned}, "
+                           "{model: /elsewhere/model, settings: {backend: nope}}]")
+    assert result.returncode == 1, result.stdout + result.stderr
+    for model, fmt in (("base", "completion"), ("finetuned", "chat")):
+        for bench, count in (("humaneval", 20), ("mine", 2)):
+            rows = table_rows(result.stdout, f"evaluate ({model}, {bench})")
+            (size,) = [r for r in rows if "prompt + max_tokens" in r]
+            assert f"({count} problems, {fmt} format)" in size and "(tokenizer)" in size
+    too_long = re.findall(r"^evaluate \((\w+), humaneval\): longest prompt ([\d,]+) tokens \(tokenizer\) \+ "
+                          r"stages\.evaluate\.max_tokens 32,700 = [\d,]+ > context_length in the GGUF header 32,768$",
+                          result.stderr, re.MULTILINE)
+    assert [m[0] for m in too_long] == ["base", "finetuned"], result.stderr
+    assert "evaluate: benchmark mbpp+ is not downloaded yet" in result.stderr
+    assert "evaluate: benchmark 'nothere': neither built in" in result.stderr
+    assert "stages.evaluate.models (model): backend: Input should be" in result.stderr
+    assert not (tmp_path / "work").exists(), "a preflight writes nothing"

@@ -122,7 +122,8 @@ def test_report_writes_every_section_and_prints_the_summary(report_run, report_r
     out = result.stdout
     assert "stage funnel (rows out):" in out and "report: " in out and out.strip().endswith("report.html")
     found = manifests(report_recipe)
-    for label, r in found["evaluate"]["results"].items():
+    for label, r in found["evaluate"]["results"]["humaneval"].items():
+        r = r["base"]
         assert re.search(rf"{label} +{100 * r['pass@1']:.1f}%  \({r['passed']}/{r['total']}\)", out), (label, out)
     funnel = {line.split()[0]: line.split()[1:] for line in out.split("pass@1")[0].splitlines()[1:] if line.strip()}
     for name, manifest in found.items():
@@ -157,17 +158,20 @@ def test_page_content(report_run, report_recipe):
     for reason in reasons:
         assert f"<code>{reason}</code>" in section("drops")
     evaluation = section("evaluation")
-    results = found["evaluate"]["results"]
-    for label, r in results.items():
-        assert f"<b>{label}</b></td><td class=num>{100 * r['pass@1']:.1f}</td>" in evaluation
+    results = {label: r["base"] for label, r in found["evaluate"]["results"]["humaneval"].items()}
+    assert list(results) == ["base", "finetuned"]
+    assert "<b>humaneval</b></td>" + "".join(
+        f"<td class=num>{100 * r['pass@1']:.1f} <small>({r['passed']}/{r['total']})</small></td>"
+        for r in results.values()) in evaluation
     change = 100 * (results["finetuned"]["pass@1"] - results["base"]["pass@1"])
-    assert f"{change:+.1f} points" in evaluation
+    assert f"humaneval {change:+.1f} points" in evaluation
     rows = StageStore(work, "evaluate").read_table().to_pylist()
     outcome = {(r["model"], r["task_id"]): r["passed"] for r in rows}
     differing = {t for _, t in outcome if outcome[("base", t)] != outcome[("finetuned", t)]}
     assert differing, "the replayed base model solves the even problems, the tiny model none"
     for task in {t for _, t in outcome}:
-        assert (f"<td>{task}</td>" in evaluation) == (task in differing), task
+        assert (f"<code>{task}</code>" in evaluation) == (task in differing), task
+    assert 'id="pass-at-k"' not in evaluation, "greedy decoding: pass@1 only, no curve"
     loss = section("loss")
     assert 'id="loss-curve"' in loss and "final_loss" in loss and "global_step" in loss
     samples = page.split('id="samples"')[1]
@@ -253,3 +257,29 @@ def test_clip_counts_what_it_cuts():
     shown, cut = clip("x\n" * 100, max_lines=5)
     assert shown == "x\nx\nx\nx\nx" and cut == 199 - len(shown)  # the trailing newline is not counted
     assert clip("y" * 50, max_chars=20) == ("y" * 20, 30)
+
+
+def test_evaluation_section_draws_pass_at_k_flips_and_the_judge(tmp_path):
+    """A sampled, judged evaluation's manifest fields (in the shape pipeline.benchmarks.summary writes them):
+    the benchmark x model table with solved/total, the change, the pass@k curve, the flips and the judge's tally."""
+    from pipeline.report.collect import StageView
+    from pipeline.report.evaluation import evaluation_section
+
+    scores = {"base": (0.3333, 0.5, 4), "finetuned": (0.5, 0.75, 6)}
+    manifest = {
+        "results": {"humaneval": {m: {"base": {"pass@1": p1, "pass@5": p5, "passed": n, "total": 12}}
+                                  for m, (p1, p5, n) in scores.items()}},
+        "models": {"base": {"prompt_format": "completion", "model_path": "gemma-3-270m"},
+                   "finetuned": {"prompt_format": "chat", "model_path": "work/finetune/model"}},
+        "flipped": {"humaneval": {"from": "base", "to": "finetuned", "gained": ["HumanEval/1", "HumanEval/9"],
+                                  "lost": []}},
+        "judge": {"win": 5, "tie": 2, "loss": 1, "invalid": 0, "first": "base", "second": "finetuned",
+                  "judge_model": "a-strong-model", "rows": "judge.jsonl"},
+    }
+    html = evaluation_section(StageView("evaluate", "Evaluate", "done", tmp_path, manifest=manifest))
+    assert ("<b>humaneval</b></td><td class=num>33.3 <small>(4/12)</small></td>"
+            "<td class=num>50.0 <small>(6/12)</small></td>") in html
+    assert "humaneval +16.7 points" in html and "<code>HumanEval/1</code>" in html and "HumanEval/3" not in html
+    assert 'id="pass-at-k"' in html and "polyline" in html, "the pass@k curve"
+    assert "solved by finetuned only (2)" in html and "solved by base only (0)" in html
+    assert "Judged by a-strong-model" in html and "<td class=num>5</td>" in html

@@ -1,10 +1,11 @@
-"""The report's sections about outcomes: execution statuses, the loss curve, the evaluation."""
+"""The report's sections about outcomes: execution statuses, the loss curve, the evaluation (per-problem fallback)."""
 
 from __future__ import annotations
 
 import base64
 
 from pipeline.report.collect import StageView, describe_error
+from pipeline.report.evaluation import evaluation_section
 from pipeline.report.markup import esc, key_values, note, number, percent, table
 from pipeline.report.svg import Bar, hbar_chart
 from pipeline.store import StageStore
@@ -12,7 +13,6 @@ from pipeline.store import StageStore
 STATUS_COLORS = {"passed": "#54a24b", "failed": "#e45756", "timeout": "#f58518", "oom": "#b279a2", "error": "#9d755d"}
 STATUS_ORDER = ("passed", "failed", "timeout", "oom", "error")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MODEL_COLORS = ("#9d9d9d", "#4c78a8", "#54a24b", "#f58518")
 MAX_DIFFERING = 20
 
 
@@ -88,7 +88,7 @@ def _outcomes(view: StageView) -> tuple[list[str], dict[str, dict[str, bool]]]:
 
 
 def _per_problem(view: StageView, models: list[str]) -> str:
-    """How the first two models compare problem by problem, and the problems where they differ."""
+    """How the first two models compare problem by problem (manifests written before ``flipped`` existed)."""
     try:
         found, by_task = _outcomes(view)
     except Exception as exc:
@@ -113,27 +113,7 @@ def _per_problem(view: StageView, models: list[str]) -> str:
 
 
 def evaluation(view: StageView | None) -> str:
-    """pass@1 per model as a table and bars, then the per-problem comparison."""
+    """The benchmark x model table, pass@k curve, flipped problems and judge (:mod:`pipeline.report.evaluation`)."""
     if view is None or not view.has_output:
         return _missing(view, "evaluate")
-    results = view.get("results") or {}
-    if not isinstance(results, dict) or not results:
-        return note("The evaluate manifest holds no results.")
-    rows, bars = [], []
-    for i, (model, r) in enumerate(results.items()):
-        r = r if isinstance(r, dict) else {}
-        score = r.get("pass@1")
-        shown = f"{100 * score:.1f}" if isinstance(score, (int, float)) else "-"
-        rows.append((f"<b>{esc(model)}</b>", esc(shown), esc(number(r.get("passed"))), esc(number(r.get("total"))),
-                     esc(r.get("prompt_format", "")), f'<code>{esc(r.get("model_path", ""))}</code>'))
-        bars.append(Bar(model, 100.0 * score if isinstance(score, (int, float)) else None,
-                        MODEL_COLORS[min(i, len(MODEL_COLORS) - 1)], f"{shown}%" if shown != "-" else "no score"))
-    scores = [r.get("pass@1") for r in results.values() if isinstance(r, dict)]
-    delta = ""
-    if len(scores) >= 2 and all(isinstance(s, (int, float)) for s in scores[:2]):
-        delta = note(f"Change from {list(results)[0]} to {list(results)[1]}: {100 * (scores[1] - scores[0]):+.1f} points.",
-                     "note delta")
-    scores_table = table(("model", "pass@1 (%)", "passed", "problems", "prompt", "model path"), rows, css="results",
-                         numeric=(1, 2, 3))
-    chart = hbar_chart(bars, title="pass@1 (%) per model", width=520, scale_max=100.0)
-    return f'<div class="side">{scores_table}{chart}</div>' + delta + _per_problem(view, list(results))
+    return evaluation_section(view, _per_problem)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.report.collect import StageView, find
+from pipeline.report.evaluation import text_lines
 from pipeline.report.markup import number
 
 
@@ -20,19 +21,12 @@ def funnel_lines(views: list[StageView]) -> list[str]:
 
 
 def pass_at_1_lines(views: list[StageView]) -> list[str]:
-    """pass@1 per model from the evaluate manifest, or one line saying why there is none."""
+    """pass@1 per benchmark and model from the evaluate manifest, or one line saying why there is none."""
     view = find(views, "evaluate")
-    results = (view.get("results") if view else None) or {}
-    if not isinstance(results, dict) or not results:
+    lines = text_lines(view.get("results") if view else None)
+    if not lines:
         return [f"pass@1: no results yet (evaluate: {view.state if view else 'not in this pipeline'})"]
-    width = max(len(str(m)) for m in results)
-    lines = ["pass@1:"]
-    for model, r in results.items():
-        r = r if isinstance(r, dict) else {}
-        score = r.get("pass@1")
-        shown = f"{100 * score:5.1f}%" if isinstance(score, (int, float)) else "    -"
-        lines.append(f"  {model:<{width}}  {shown}  ({number(r.get('passed'))}/{number(r.get('total'))})")
-    return lines
+    return ["pass@1:", *lines]
 
 
 def text_summary(views: list[StageView], html_path=None) -> str:
