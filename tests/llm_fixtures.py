@@ -201,7 +201,7 @@ class ReplayBackend:
     @staticmethod
     def humaneval_answer(prompt: str) -> str:
         """A HumanEval prompt: the canonical solution for even problem numbers, a wrong body for odd ones."""
-        from pipeline.humaneval import humaneval_problems
+        from pipeline.benchmarks.catalog import humaneval_records as humaneval_problems
 
         problem = next((p for p in humaneval_problems() if p["prompt"] == prompt), None)
         if problem is not None and int(problem["task_id"].split("/")[1]) % 2 == 0:
