@@ -12,6 +12,7 @@ from stages.evaluate import EvaluateStage
 from stages.execute import ExecuteStage
 from stages.finetune import FinetuneStage
 from stages.instructions import InstructionsStage
+from stages.preferences import PreferencesStage
 from stages.responses import ResponsesStage
 from stages.seeds import SeedsStage
 
@@ -22,6 +23,7 @@ PIPELINE = [
     ResponsesStage,
     ExecuteStage,
     DedupStage,
+    PreferencesStage,
     FinetuneStage,
     EvaluateStage,
 ]

@@ -39,6 +39,7 @@ from pipeline.contamination import BenchmarkFile, benchmark_index
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.near_dedup import NearDedupSettings, near_dedup
+from pipeline.preference_pairs import assistant_answer
 from pipeline.progress import progress
 from pipeline.prompting import python_blocks
 from pipeline.stage import WholeStage
@@ -95,13 +96,6 @@ def has_stub_function(code: str) -> bool:
             ):
                 return True
     return False
-
-
-def assistant_answer(response: str, tests: str, with_tests: bool) -> str:
-    """The assistant turn: the response, then (by default) its tests as sampled."""
-    if not with_tests:
-        return response.strip()
-    return f"{response.strip()}\n\n### Tests\n```python\n{tests.strip()}\n```"
 
 
 class DedupStage(WholeStage):

@@ -67,3 +67,21 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
         [sys.executable, str(REPO / "run_pipeline.py"), *args],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_stage_on_rows(tmp_path: Path, stage: str, rows: list[dict], seed: int = 42, **settings):
+    """Run one stage through the command line on ``rows`` (as ``--input`` JSONL); return manifest, kept, dropped."""
+    import json
+
+    from pipeline.store import StageStore
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "input.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"work_dir": str(tmp_path / "work"), "seed": seed},
+                                      "stages": {stage: settings}}))
+    result = run_cli("--config", str(recipe), "--stage", stage, "--input", str(data))
+    assert result.returncode == 0, result.stderr
+    store = StageStore(tmp_path / "work", stage)
+    return store.read_manifest(), store.read_table().to_pylist(), store.read_dropped().to_pylist()
