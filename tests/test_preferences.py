@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
-from tests.conftest import run_stage_on_rows
+import pytest
+
+from pipeline.store import StageStore
+from tests.conftest import run_cli, run_stage_on_rows, sigkill_after_parts, stage_command
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 
 
@@ -88,3 +90,20 @@ def test_pairs_load_with_datasets_and_trl_dpo_trains_on_them(tmp_path, tiny_mode
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path):
+    """40k samples make four parts; the stage is killed once one is written, and the rerun matches a clean run."""
+    rows = [sample(f"{i}-{j}", f"i{i}", "passed" if j == 0 else "failed") for i in range(13_334) for j in range(3)]
+    reference_manifest, reference, reference_dropped = run_preferences(tmp_path / "reference", rows)
+    args = stage_command(tmp_path / "killed", "preferences", rows)
+    store = StageStore(tmp_path / "killed" / "work", "preferences")
+    assert sigkill_after_parts(args, store, parts=1) >= 1
+    assert run_cli(*args).returncode == 0
+    by_id = lambda rows: sorted(rows, key=lambda r: r["id"])  # noqa: E731
+    assert by_id(store.read_table().to_pylist()) == by_id(reference)
+    assert by_id(store.read_dropped().to_pylist()) == by_id(reference_dropped)
+    manifest = store.read_manifest()
+    for key in ("rows_in", "rows_out", "dropped", "stats", "output_digest"):
+        assert manifest[key] == reference_manifest[key], key
