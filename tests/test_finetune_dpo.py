@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.store import StageStore
-from tests.conftest import run_cli, stage_command
+from tests.conftest import REPO, run_cli, stage_command
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 from tests.test_finetune_stage import recipe, run_stage, write_data
 from tests.test_preferences import sample
@@ -23,8 +28,8 @@ def executed(n: int = 6) -> list[dict]:
 
 def dpo_recipe(tmp_path, model_dir, **finetune) -> dict:
     """The finetune test recipe with objective dpo (a high learning rate so 3 steps move the tiny model)."""
-    return recipe(tmp_path, model_dir, objective="dpo", max_steps=3, per_device_batch_size=2,
-                  learning_rate=1e-2, **finetune)
+    return recipe(tmp_path, model_dir, **({"objective": "dpo", "max_steps": 3, "per_device_batch_size": 2,
+                                           "learning_rate": 1e-2} | finetune))
 
 
 def test_dpo_trains_on_the_preference_pairs_of_the_work_dir(tmp_path, tiny_model_dir):  # noqa: F811
@@ -93,15 +98,6 @@ def _run_from_work_dir(config: dict) -> dict:
 @pytest.mark.slow
 def test_a_killed_dpo_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):  # noqa: F811
     """SIGKILL once a checkpoint is saved; the same command resumes and finishes every step once."""
-    from tests.conftest import sigkill_after_parts  # noqa: F401 - same helper family
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import REPO
-
     run_cli(*stage_command(tmp_path, "preferences", executed(8)))
     config = dpo_recipe(tmp_path, tiny_model_dir, max_steps=30, save_steps=3, per_device_batch_size=1)
     path = tmp_path / "finetune.yaml"
