@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline.ids import stable_id
+from pipeline.prompting import answer_with_tests
 
 DEFAULT_REJECTED = ("failed", "timeout", "oom")
 
@@ -31,7 +32,7 @@ def assistant_answer(response: str, tests: str, with_tests: bool) -> str:
     """The assistant turn: the response, then (by default) its tests as sampled."""
     if not with_tests:
         return response.strip()
-    return f"{response.strip()}\n\n### Tests\n```python\n{tests.strip()}\n```"
+    return answer_with_tests(response.strip(), tests.strip())
 
 
 @dataclass
@@ -44,9 +45,9 @@ class Pairing:
     is neither passing nor rejected) or ``pair_limit`` (the instruction already has its pairs)."""
 
 
-def _rank(seed: int, row_id: str) -> bytes:
-    """The seeded order of candidates (smallest first)."""
-    return hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
+def seeded_order(rows: Iterable[dict], seed: int) -> list[dict]:
+    """Rows ordered by ``sha256(seed, row id)``: an order that depends on the seed and the ids, not the input."""
+    return sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).digest())
 
 
 def group_by_instruction(rows: Iterable[dict]) -> dict[str, list[dict]]:
@@ -61,7 +62,7 @@ def pair_instruction(samples: list[dict], seed: int, pairs_per_instruction: int 
                      rejected_statuses: Iterable[str] = DEFAULT_REJECTED, with_tests: bool = True) -> Pairing:
     """Pair the passing samples of one instruction with its failing ones (see the module docstring)."""
     rejected_ok = set(rejected_statuses)
-    samples = sorted(samples, key=lambda r: _rank(seed, r["id"]))
+    samples = seeded_order(samples, seed)
     good = [r for r in samples if r["passed"]]
     bad = [r for r in samples if not r["passed"] and r["status"] in rejected_ok]
     result = Pairing()

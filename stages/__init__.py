@@ -13,6 +13,7 @@ from stages.execute import ExecuteStage
 from stages.finetune import FinetuneStage
 from stages.instructions import InstructionsStage
 from stages.preferences import PreferencesStage
+from stages.repair import RepairStage
 from stages.responses import ResponsesStage
 from stages.seeds import SeedsStage
 
@@ -22,6 +23,7 @@ PIPELINE = [
     InstructionsStage,
     ResponsesStage,
     ExecuteStage,
+    RepairStage,
     DedupStage,
     PreferencesStage,
     FinetuneStage,

@@ -103,7 +103,7 @@ class DedupStage(WholeStage):
 
     name = "dedup"
     title = "Passing responses: one per instruction, exact and MinHash near-dedup, decontaminated"
-    upstream = "execute"
+    upstream = "repair"  # the executed samples, and the repair rounds' attempts when there are any
     Config = DedupConfig
     input_columns = {
         "id": "sample id", "seed_id": "seed id", "instruction_id": "instruction id", "instruction": "the instruction",

@@ -54,7 +54,7 @@ class PreferencesStage(WholeStage):
 
     name = "preferences"
     title = "Preference pairs: a passing answer chosen over a failing one to the same instruction"
-    upstream = "execute"
+    upstream = "repair"  # the executed samples, and the repair rounds' attempts when there are any
     Config = PreferencesConfig
     input_columns = {
         "id": "sample id", "instruction_id": "instruction id", "instruction": "the instruction",
