@@ -129,6 +129,8 @@ def fill_downstream(runner) -> None:
                  "program_hash": f"h{i}"} for i, r in enumerate(responses)]
     counts = {f"status_{s}": sum(e["status"] == s for e in executed) for s in ("passed", "failed", "timeout", "oom", "error")}
     write_stage(runner, "execute", [(executed, [])], {**counts, "cache_hits": 3})
+    write_stage(runner, "repair", [([{**e, "round": 0, "repaired_from": None} for e in executed], [])],
+                {"instructions_unsolved": 0, "rescued": 0, "still_unsolved": 0})
     kept, dropped, seen = [], [], set()
     for e in executed:
         if not e["passed"]:
