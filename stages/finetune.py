@@ -57,6 +57,7 @@ from pipeline.training.data import (
     ConversationDataset, ConversationEncoder, Encoded, PaddingCollator, pack, plain_rows,
 )
 from pipeline.training.preference import PAIR_COLUMNS, DpoOptions, EncodedPair, encode_pair, preference_metrics
+from pipeline.training.rewards import GrpoOptions, reward_metrics
 
 PART_ROWS = 10_000
 
@@ -64,12 +65,15 @@ PART_ROWS = 10_000
 class FinetuneConfig(AdapterOptions):
     """Settings of the finetune stage (defaults: the paper's recipe)."""
 
-    objective: Literal["sft", "dpo"] = Field(
+    objective: Literal["sft", "dpo", "grpo"] = Field(
         default="sft",
         description="'sft': supervised fine-tuning on the conversations (the paper); 'dpo': preference training "
                     "(trl's DPO) on the pairs of the preferences stage, from base_model (e.g. the SFT model) "
-                    "against itself frozen as the reference.")
+                    "against itself frozen as the reference; 'grpo': reinforcement learning (trl's GRPO) on the "
+                    "upstream's instructions, rewarded by the share of their kept tests each sampled answer passes "
+                    "in the sandbox.")
     dpo: DpoOptions = Field(default_factory=DpoOptions, description="Settings of objective 'dpo'.")
+    grpo: GrpoOptions = Field(default_factory=GrpoOptions, description="Settings of objective 'grpo'.")
     conversations: ConversationsConfig = Field(
         default_factory=ConversationsConfig,
         description="Where the conversations come from (default: the upstream output) and how OpenAssistant or "
@@ -151,20 +155,27 @@ class FinetuneStage(WholeStage):
         """The preferences stage's pairs for ``objective: dpo``, else the conversations of ``upstream``."""
         return "preferences" if self.preference else self.upstream
 
+    @property
+    def reinforced(self) -> bool:
+        """Whether this run learns from sandbox rewards (``objective: grpo``)."""
+        return self.config.objective == "grpo"
+
     def needed_columns(self) -> list[str]:
-        """Pair columns for DPO, else the conversation's ``id`` and ``messages``."""
-        return ["id", *PAIR_COLUMNS] if self.preference else super().needed_columns()
+        """Pair columns for DPO; the conversation and its kept ``tests`` for GRPO; else ``id`` and ``messages``."""
+        if self.preference:
+            return ["id", *PAIR_COLUMNS]
+        return [*super().needed_columns(), "tests"] if self.reinforced else super().needed_columns()
 
     def configured_input(self) -> str | None:
         """``conversations.dataset``, when the recipe trains on a dataset instead of the pipeline's own output."""
-        return None if self.preference else self.config.conversations.dataset
+        return None if self.preference or self.reinforced else self.config.conversations.dataset
 
     def input_source(self, ctx, override: str | None):
         """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout.
 
-        Preference pairs are read as they are.
+        Preference pairs, and conversations with their tests for GRPO, are read as they are.
         """
-        if self.preference:
+        if self.preference or self.reinforced:
             return super().input_source(ctx, override)
         return ConversationSource(super().input_source(ctx, override), self.config.conversations)
 
@@ -319,12 +330,15 @@ class FinetuneStage(WholeStage):
         from transformers import TrainingArguments
 
         from pipeline.training.distributed import accumulation_per_process
-        from pipeline.training.preference import dpo_arguments_class, dpo_settings
+        from pipeline.training.preference import dpo_arguments_class, dpo_settings, require_trl
+        from pipeline.training.rewards import grpo_settings
 
         cfg = self.config
         args_class, extra = TrainingArguments, {}
         if self.preference:
             args_class, extra = dpo_arguments_class(), dpo_settings(cfg.dpo, cfg.max_length)
+        elif self.reinforced:
+            args_class, extra = require_trl("grpo").GRPOConfig, grpo_settings(cfg.grpo)
         return args_class(
             **extra,
             output_dir=str(out_dir),
@@ -387,7 +401,7 @@ class FinetuneStage(WholeStage):
         encoded = self.encode_all(ctx, encoder)
         if is_main_process():
             self.write_rows(store, encoded)
-            if self.run_config.keep_dropped and not self.preference:
+            if self.run_config.keep_dropped and not (self.preference or self.reinforced):
                 ctx.source.save_dropped(store.dir / "source_dropped")
         examples = [enc for _, enc in encoded if enc.kept]
         if not encoded:
@@ -411,10 +425,18 @@ class FinetuneStage(WholeStage):
                                    checkpointing=cfg.gradient_checkpointing)
         checkpoints = store.dir / "checkpoints"
         args = self.training_arguments(checkpoints, bf16, cuda)
+        session = None
         if self.preference:
             from pipeline.training.preference import dpo_trainer
 
             trainer = dpo_trainer(model, args, [row for row, enc in encoded if enc.kept], tokenizer)
+        elif self.reinforced:
+            from pipeline.execution import SandboxSession
+            from pipeline.training.rewards import SandboxReward, grpo_trainer
+
+            session = SandboxSession(cfg.grpo.sandbox, self.run_config.work_dir).open()
+            trainer = grpo_trainer(model, args, [row for row, enc in encoded if enc.kept], tokenizer,
+                                   SandboxReward(session, cfg.grpo.drop_stdin_main))
         else:
             trainer = Trainer(
                 model=model, args=args,
@@ -427,7 +449,11 @@ class FinetuneStage(WholeStage):
         if last:
             self.log.info("finetune: resuming from %s", last)
         started = time.time()
-        result = trainer.train(resume_from_checkpoint=last)
+        try:
+            result = trainer.train(resume_from_checkpoint=last)
+        finally:
+            if session is not None:
+                session.close()
         runtime = time.time() - started
 
         out, adapter_dir = self.save_model(trainer, encoder, store.dir, model_dir, dtype)
@@ -448,8 +474,11 @@ class FinetuneStage(WholeStage):
                  "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()}
         if self.preference:
             facts["dpo"] = {**self.config.dpo.model_dump(), **preference_metrics(trainer.state.log_history)}
+        if self.reinforced:
+            facts["grpo"] = {**self.config.grpo.model_dump(exclude={"sandbox"}),
+                             **reward_metrics(trainer.state.log_history)}
         fields = self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
-        if not self.preference:
+        if not (self.preference or self.reinforced):
             fields["conversations"] = ctx.source.report()
         return fields
 

@@ -97,21 +97,22 @@ def dpo_trainer(model, args, pairs: list[dict], tokenizer):
     """trl's ``DPOTrainer`` over ``pairs`` (prompt, chosen, rejected), tokenised with the installed chat format."""
     import datasets
 
-    try:
-        from trl import DPOTrainer
-    except ImportError:
-        raise PipelineError("finetune: objective dpo needs trl: pip install '.[preference]'") from None
     data = datasets.Dataset.from_list([{k: row[k] for k in PAIR_COLUMNS} for row in pairs])
-    return DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    return require_trl("dpo").DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def require_trl(objective: str):
+    """The ``trl`` module, or a one-line error naming the extra to install."""
+    try:
+        import trl
+    except ImportError:
+        raise PipelineError(f"finetune: objective {objective} needs trl: pip install '.[preference]'") from None
+    return trl
 
 
 def dpo_arguments_class():
     """trl's ``DPOConfig`` (a ``TrainingArguments``), or a one-line error when trl is missing."""
-    try:
-        from trl import DPOConfig
-    except ImportError:
-        raise PipelineError("finetune: objective dpo needs trl: pip install '.[preference]'") from None
-    return DPOConfig
+    return require_trl("dpo").DPOConfig
 
 
 def dpo_settings(options: DpoOptions, max_length: int) -> dict:
