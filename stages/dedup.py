@@ -22,7 +22,8 @@ the output does not depend on input order. Each output row carries the
 instruction, the response, the tests, the ids back to its seed, and
 ``messages``: a user turn (the instruction) and an assistant turn (the
 response, with its tests section unless ``answer_includes_tests`` is off),
-ready for fine-tuning.
+ready for fine-tuning. Answers rescued by the repair stage compete like any
+other passing answer; ``round`` says which round wrote the one kept.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class DedupStage(WholeStage):
         "response": (pa.string(), "the response"),
         "tests": (pa.string(), "its tests, which passed"),
         "messages": (pa.list_(MESSAGE), "a user turn and an assistant turn, for fine-tuning"),
+        "round": (pa.int32(), "0: sampled by the responses stage; r: written in repair round r"),
     }
 
     def rank(self, row_id: str) -> bytes:
@@ -198,4 +200,5 @@ class DedupStage(WholeStage):
             "id": row["id"], "seed_id": row["seed_id"], "instruction_id": row["instruction_id"],
             "instruction": row["instruction"], "response": row["response"], "tests": row["tests"],
             "messages": [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": answer}],
+            "round": row.get("round") or 0,
         }

@@ -109,7 +109,7 @@ def test_a_failing_instruction_is_rescued_in_round_two_and_dedup_keeps_it(tmp_pa
     dedup = run_cli("--config", args[1], "--stage", "dedup")
     assert dedup.returncode == 0, dedup.stderr
     kept = {r["instruction_id"]: r for r in StageStore(tmp_path / "work", "dedup").read_table().to_pylist()}
-    assert kept["i1"]["id"] == attempts[1]["id"]
+    assert kept["i1"]["id"] == attempts[1]["id"] and kept["i1"]["round"] == 2 and kept["i2"]["round"] == 0
 
 
 def test_a_fresh_attempt_without_feedback_is_not_shown_the_failure(tmp_path):
