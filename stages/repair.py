@@ -137,10 +137,32 @@ class RepairStage(WholeStage):
         return [Path(self.config.fewshot_file)] if self.config.rounds else []
 
     def preflight_checks(self, ctx) -> list:
-        """With rounds to run: the sandbox answers."""
+        """With rounds to run: the sandbox answers, and the longest repair prompts fit the model's context."""
         if not self.config.rounds:
             return []
-        return sandbox_preflight(self.name, f"stages.{self.name}.sandbox", self.config.sandbox)
+        from pipeline.prompt_budget import prompt_checks
+
+        cfg = self.config
+        rows = [r for r in ctx.sample_rows(self.upstream, ["instruction", "response", "tests", "stderr", "stdout", "status", "id"],
+                                        8)
+                if r.get("status") in REPAIRABLE]
+        bank = load_bank(Path(cfg.fewshot_file))
+        prompts = [self.prompt(bank, row, 1) for row in rows]
+        attempts = ctx.rows_in(self.name).times(cfg.rounds * cfg.n, "rounds x n (at most)")
+        return [*sandbox_preflight(self.name, f"stages.{self.name}.sandbox", cfg.sandbox),
+                *prompt_checks(ctx, self.name, self.model_config, prompts, max_tokens=cfg.max_tokens,
+                               max_tokens_key=f"stages.{self.name}.max_tokens", n=cfg.n, rows=attempts,
+                               sample=f"{len(prompts)} longest failed {self.upstream} rows")]
+
+    def preflight_rows(self, rows_in):
+        """Every input row, plus at most ``rounds x n`` attempts per row (only unsolved instructions get them)."""
+        return rows_in.times(1 + self.config.rounds * self.config.n, "1 + rounds x n (at most)")
+
+    def prompt(self, bank, row: dict, round_no: int):
+        """The prompt (text, or chat turns) showing ``row``'s failure in round ``round_no``."""
+        cfg = self.config
+        examples = bank.sample(cfg.fewshot_k, self.seed, self.name, row["id"], round_no, max_chars=cfg.fewshot_max_chars)
+        return self.task.chat_messages(examples, row) if cfg.mode == "chat" else self.task.completion_prompt(examples, row)
 
     def run(self, ctx) -> dict:
         """Pass the samples through, run the repair rounds, write everything with its round."""
@@ -212,11 +234,7 @@ class RepairStage(WholeStage):
         if self._backend is None:
             self._backend = create_backend(self.model_config)
         chat = cfg.mode == "chat"
-        prompts = []
-        for row in shown:
-            examples = bank.sample(cfg.fewshot_k, self.seed, self.name, row["id"], round_no,
-                                   max_chars=cfg.fewshot_max_chars)
-            prompts.append(self.task.chat_messages(examples, row) if chat else self.task.completion_prompt(examples, row))
+        prompts = [self.prompt(bank, row, round_no) for row in shown]
         params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                 repetition_penalty=cfg.repetition_penalty, stop=self.task.stop(),
                                 seed=int(stable_id(self.seed, self.name, round_no, *(r["id"] for r in shown)), 16)

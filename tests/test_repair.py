@@ -172,3 +172,20 @@ def test_sigkill_mid_repair_then_rerun_equals_uninterrupted(tmp_path):
     assert drop_time(by_id(done)) == drop_time(by_id(ref))
     assert done.read_manifest()["output_digest"] == ref.read_manifest()["output_digest"]
     assert done.read_manifest()["stats"] == ref.read_manifest()["stats"]
+
+
+def test_preflight_measures_the_longest_repair_prompts_from_the_executed_samples(tmp_path):
+    from stages.execute import ExecuteStage
+
+    store = StageStore(tmp_path / "work", "execute")
+    store.dir.mkdir(parents=True)
+    rows = sample_rows()
+    store.write_batch("a", rows, ExecuteStage.output_schema(), [], [r["id"] for r in rows])
+    store.write_manifest({"stage": "execute", "fingerprint": "x", "rows_in": 4, "rows_out": 4, "output_digest": "d"})
+    recipe = {"run": {"work_dir": str(tmp_path / "work")}, "stages": {"repair": {"rounds": 2}},
+              "model": {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "max_model_len": 2048}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = run_cli("-c", str(tmp_path / "recipe.yaml"), "--preflight", "--stage", "repair")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("repair  prompt + max_tokens"))
+    assert "3 longest failed execute rows" in line and line.split()[-1] == "FAIL"  # 1536 new tokens do not fit
+    assert result.returncode != 0
