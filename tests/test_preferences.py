@@ -107,3 +107,19 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path):
     manifest = store.read_manifest()
     for key in ("rows_in", "rows_out", "dropped", "stats", "output_digest"):
         assert manifest[key] == reference_manifest[key], key
+
+
+def test_pairs_publish_with_a_card_that_says_how_they_were_made(tmp_path):
+    import datasets
+
+    run_preferences(tmp_path, planted())
+    out = tmp_path / "publish"
+    args = stage_command(tmp_path, "preferences", planted())
+    result = run_cli(*args, "--publish-dry-run", str(out), "-o", "hub.namespace=me", "-o", "hub.prefix=demo")
+    assert result.returncode == 0, result.stderr
+    shards = sorted(str(s) for s in (out / "demo-preferences" / "data").glob("train-*.parquet"))
+    published = datasets.load_dataset("parquet", data_files=shards, split="train")
+    assert sorted(published["instruction_id"]) == ["i1", "i4"] and published[0]["chosen"][0]["role"] == "assistant"
+    card = (out / "demo-preferences" / "README.md").read_text()
+    assert "| kept | 2 |" in card and "| dropped: no_passing_sample | 2 |" in card
+    assert "passing answer as ``chosen``" in card or "passing sample" in card
