@@ -57,6 +57,28 @@ def section(name: str, body: str) -> str:
     return f"### {name}\n{body.rstrip()}\n"
 
 
+TESTS_HEADER = "### Tests"
+
+
+def answer_with_tests(response: str, tests: str) -> str:
+    """A response followed by its tests section (a fenced block of asserts), as the responses are sampled."""
+    return f"{response.rstrip()}\n\n{TESTS_HEADER}\n```python\n{tests.rstrip()}\n```"
+
+
+def parse_answer_with_tests(answer: str) -> dict | ParseFailure:
+    """Split an answer into ``response`` (with a fenced Python block) and ``tests``, or say what is missing."""
+    response, header, tests_part = answer.partition(f"\n{TESTS_HEADER}")
+    if not header:
+        return ParseFailure("no_tests")
+    if not python_blocks(response):
+        return ParseFailure("no_code")
+    blocks = python_blocks(tests_part)
+    tests = "\n".join(blocks) if blocks else tests_part
+    if not tests.strip():
+        return ParseFailure("no_tests")
+    return {"response": response.strip(), "tests": tests.strip()}
+
+
 class PromptTask(ABC):
     """One step of the method as a prompt: how to ask, and how to read the answer."""
 

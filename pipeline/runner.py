@@ -142,17 +142,18 @@ class Runner:
         if retry:
             return retry
         source = manifest.get("input", {})
-        if source.get("kind") == "upstream" and entry.upstream:
-            upstream = self.state(entry.upstream, memo)
+        reads = stage.reads_from()
+        if source.get("kind") == "upstream" and reads:
+            upstream = self.state(reads, memo)
             if upstream.state != DONE:
-                return f"upstream {entry.upstream} is {upstream.state}"
+                return f"upstream {reads} is {upstream.state}"
             if upstream.manifest.get("output_digest") != source.get("digest"):
-                return f"upstream {entry.upstream} output changed"
+                return f"upstream {reads} output changed"
         elif source.get("kind") in ("source", "path"):
             spec = source.get("spec")
             if spec is not None and not _input_still_exists(spec):
                 return None  # the external input is gone; the output it made is kept as it is
-            ctx = StageContext(self.config, entry.name, entry.upstream, executor=None, input_override=spec)
+            ctx = StageContext(self.config, entry.name, reads, executor=None, input_override=spec)
             if stage.input_source(ctx, spec).digest() != source.get("digest"):
                 return "its input changed"
         return None
@@ -199,22 +200,22 @@ class Runner:
     def _prepare(self, name: str, input_override: str | None, *, with_executor: bool = True):
         """The stage, its context and input, checked: the upstream done (unless --input), columns present."""
         stage = self.stage(name)
-        entry = self.entry(name)
+        reads = stage.reads_from()
         if input_override is None:
             input_override = stage.configured_input()
-        if input_override is None and entry.upstream is not None:
-            upstream = self.state(entry.upstream)
+        if input_override is None and reads is not None:
+            upstream = self.state(reads)
             if upstream.state != DONE:
                 raise PipelineError(
-                    f"stage {name} reads the output of {entry.upstream}, which is {upstream.state}: "
-                    f"run it first (--stage {entry.upstream} or --from {entry.upstream}) or give --input"
+                    f"stage {name} reads the output of {reads}, which is {upstream.state}: "
+                    f"run it first (--stage {reads} or --from {reads}) or give --input"
                 )
         # only map stages hand batches to an executor: whole stages never start Ray or a process pool
         executor = create_executor(self.config.run) if with_executor and isinstance(stage, MapStage) else None
-        ctx = StageContext(self.config, name, entry.upstream, executor, input_override=input_override)
+        ctx = StageContext(self.config, name, reads, executor, input_override=input_override)
         source = stage.input_source(ctx, input_override)
-        source.require(list(stage.input_columns), name)
-        if stage.input_columns and source.is_empty():  # a stage that reads no columns needs no rows
+        source.require(stage.needed_columns(), name)
+        if stage.needed_columns() and source.is_empty():  # a stage that reads no columns needs no rows
             check_empty_input_allowed(name, source.description, self.config.run.allow_empty_input)
         ctx.source = source
         return stage, ctx
@@ -314,14 +315,14 @@ class Runner:
     def _write_manifest(self, stage: Stage, ctx: StageContext, fields: dict, fingerprint: str, digest: str,
                         started: float) -> dict:
         """The manifest, written last: counts, input, fingerprint, digest, config; then the stage summary."""
-        entry, store = self.entry(stage.name), ctx.store
+        store = ctx.store
         override = ctx.input_override
         manifest = {
             "stage": stage.name,
             "title": stage.title,
             "fingerprint": fingerprint,
             "input": {
-                "kind": "path" if override is not None else ("upstream" if entry.upstream else "source"),
+                "kind": "path" if override is not None else ("upstream" if stage.reads_from() else "source"),
                 "spec": override,
                 "description": ctx.source.description,
                 "digest": digest,

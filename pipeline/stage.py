@@ -104,6 +104,14 @@ class Stage(ABC):
         """
         return None
 
+    def reads_from(self) -> str | None:
+        """The stage whose output this run reads: ``upstream``, unless the stage's config picks another."""
+        return self.upstream
+
+    def needed_columns(self) -> list[str]:
+        """Columns every input row must have for this run: those of ``input_columns``, unless the config changes them."""
+        return list(self.input_columns)
+
     def configured_input(self) -> str | None:
         """An input the stage's own config names in place of its upstream (read as ``--input`` is); None: none."""
         return None

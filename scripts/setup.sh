@@ -42,7 +42,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q "$TORCH_SPEC"
 fi
 say "installing the project and its dependencies (llama-cpp-python builds llama.cpp from source the first time: minutes)"
-"$VENV/bin/pip" install -q -e ".[dev,demo,ray,llamacpp]"
+"$VENV/bin/pip" install -q -e ".[dev,demo,ray,llamacpp,preference]"
 
 say "building the sandbox image (skipped when it exists)"
 "$VENV/bin/python" -m sandbox build

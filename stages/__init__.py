@@ -12,6 +12,8 @@ from stages.evaluate import EvaluateStage
 from stages.execute import ExecuteStage
 from stages.finetune import FinetuneStage
 from stages.instructions import InstructionsStage
+from stages.preferences import PreferencesStage
+from stages.repair import RepairStage
 from stages.responses import ResponsesStage
 from stages.seeds import SeedsStage
 
@@ -21,7 +23,9 @@ PIPELINE = [
     InstructionsStage,
     ResponsesStage,
     ExecuteStage,
+    RepairStage,
     DedupStage,
+    PreferencesStage,
     FinetuneStage,
     EvaluateStage,
 ]

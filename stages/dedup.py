@@ -29,7 +29,8 @@ the output does not depend on input order. Each output row carries the
 instruction, the response, the tests, the ids back to its seed, and
 ``messages``: a user turn (the instruction) and an assistant turn (the
 response, with its tests section unless ``answer_includes_tests`` is off),
-ready for fine-tuning.
+ready for fine-tuning. Answers rescued by the repair stage compete like any
+other passing answer; ``round`` says which round wrote the one kept.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pipeline.contamination import BenchmarkFile, benchmark_index
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.near_dedup import NearDedupSettings, near_dedup
+from pipeline.preference_pairs import assistant_answer
 from pipeline.progress import progress
 from pipeline.sanitize import SanitizeSettings, banned_phrase, defined_names, too_many_words
 from pipeline.prompting import python_blocks
@@ -129,19 +131,12 @@ def near_dedup_text(row: dict, field: str) -> str:
     return row[field]
 
 
-def assistant_answer(response: str, tests: str, with_tests: bool) -> str:
-    """The assistant turn: the response, then (by default) its tests as sampled."""
-    if not with_tests:
-        return response.strip()
-    return f"{response.strip()}\n\n### Tests\n```python\n{tests.strip()}\n```"
-
-
 class DedupStage(WholeStage):
     """Select one passing, well-formed, unique, uncontaminated response per instruction."""
 
     name = "dedup"
     title = "Passing responses: one per instruction, exact and MinHash near-dedup, decontaminated"
-    upstream = "execute"
+    upstream = "repair"  # the executed samples, and the repair rounds' attempts when there are any
     Config = DedupConfig
     input_columns = {
         "id": "sample id", "seed_id": "seed id", "instruction_id": "instruction id", "instruction": "the instruction",
@@ -155,6 +150,7 @@ class DedupStage(WholeStage):
         "response": (pa.string(), "the response"),
         "tests": (pa.string(), "its tests, which passed"),
         "messages": (pa.list_(MESSAGE), "a user turn and an assistant turn, for fine-tuning"),
+        "round": (pa.int32(), "0: sampled by the responses stage; r: written in repair round r"),
     }
 
     def rank(self, row_id: str) -> bytes:
@@ -254,4 +250,5 @@ class DedupStage(WholeStage):
             "id": row["id"], "seed_id": row["seed_id"], "instruction_id": row["instruction_id"],
             "instruction": row["instruction"], "response": row["response"], "tests": row["tests"],
             "messages": [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": answer}],
+            "round": row.get("round") or 0,
         }

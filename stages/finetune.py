@@ -66,6 +66,8 @@ from pipeline.training.adapter_options import AdapterOptions
 from pipeline.training.data import (
     ConversationDataset, ConversationEncoder, Encoded, PaddingCollator, pack, plain_rows,
 )
+from pipeline.training.preference import PAIR_COLUMNS, DpoOptions, EncodedPair, encode_pair, preference_metrics
+from pipeline.training.rewards import GrpoOptions, reward_metrics
 
 PART_ROWS = 10_000
 
@@ -73,6 +75,15 @@ PART_ROWS = 10_000
 class FinetuneConfig(AdapterOptions):
     """Settings of the finetune stage (defaults: the paper's recipe)."""
 
+    objective: Literal["sft", "dpo", "grpo"] = Field(
+        default="sft",
+        description="'sft': supervised fine-tuning on the conversations (the paper); 'dpo': preference training "
+                    "(trl's DPO) on the pairs of the preferences stage, from base_model (e.g. the SFT model) "
+                    "against itself frozen as the reference; 'grpo': reinforcement learning (trl's GRPO) on the "
+                    "upstream's instructions, rewarded by the share of their kept tests each sampled answer passes "
+                    "in the sandbox.")
+    dpo: DpoOptions = Field(default_factory=DpoOptions, description="Settings of objective 'dpo'.")
+    grpo: GrpoOptions = Field(default_factory=GrpoOptions, description="Settings of objective 'grpo'.")
     conversations: ConversationsConfig = Field(
         default_factory=ConversationsConfig,
         description="Where the conversations come from (default: the upstream output) and how OpenAssistant or "
@@ -149,16 +160,51 @@ class FinetuneStage(WholeStage):
         super().__init__(config, pipeline_config)
         self.hub_config = getattr(pipeline_config, "hub", None)
 
+    @property
+    def preference(self) -> bool:
+        """Whether this run trains on preference pairs (``objective: dpo``)."""
+        return self.config.objective == "dpo"
+
+    def reads_from(self) -> str | None:
+        """The preferences stage's pairs for ``objective: dpo``, else the conversations of ``upstream``."""
+        return "preferences" if self.preference else self.upstream
+
+    @property
+    def reinforced(self) -> bool:
+        """Whether this run learns from sandbox rewards (``objective: grpo``)."""
+        return self.config.objective == "grpo"
+
+    def needed_columns(self) -> list[str]:
+        """Pair columns for DPO; the conversation and its kept ``tests`` for GRPO; else ``id`` and ``messages``."""
+        if self.preference:
+            return ["id", *PAIR_COLUMNS]
+        return [*super().needed_columns(), "tests"] if self.reinforced else super().needed_columns()
+
     def configured_input(self) -> str | None:
         """``conversations.dataset``, when the recipe trains on a dataset instead of the pipeline's own output."""
-        return self.config.conversations.dataset
+        return None if self.preference or self.reinforced else self.config.conversations.dataset
 
     def input_source(self, ctx, override: str | None):
-        """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout."""
+        """The input (upstream, ``--input`` or the configured dataset) read as conversations, whatever its layout.
+
+        Preference pairs, and conversations with their tests for GRPO, are read as they are.
+        """
         inner = super().input_source(ctx, override)
         if override is not None and override == self.configured_input():
             inner.description = f"{override} (stages.{self.name}.conversations.dataset)"
+        if self.preference or self.reinforced:
+            return inner
         return ConversationSource(inner, self.config.conversations)
+
+    def forward_batch(self) -> int:
+        """Sequences per forward pass: DPO runs each pair's chosen and rejected answers together."""
+        return self.config.per_device_batch_size * (2 if self.preference else 1)
+
+    def with_reference(self, est: memory.Estimate) -> memory.Estimate:
+        """Full-weight DPO also holds the frozen reference policy: a second copy of the weights."""
+        if self.preference and self.config.adapter == "none":
+            return dataclasses.replace(est, weights=2 * est.weights)
+        return est
 
     # -- the model and its memory ------------------------------------------------
     def model_name(self) -> str:
@@ -184,10 +230,10 @@ class FinetuneStage(WholeStage):
         if cfg.adapter != "none" or world_size() > 1:
             return layouts.fit_report(shape.with_extra_tokens(added_tokens), layouts.launched_layout(cfg.adapter),
                                       world_size(), check=cfg.fit_check, seq_len=cfg.max_length,
-                                      batch=cfg.per_device_batch_size, bf16=bf16, lora_rank=cfg.lora_r,
+                                      batch=self.forward_batch(), bf16=bf16, lora_rank=cfg.lora_r,
                                       checkpointing=cfg.gradient_checkpointing, cuda=cuda)
-        est = memory.estimate(shape.with_extra_tokens(added_tokens), cfg.max_length, cfg.per_device_batch_size,
-                              bf16=bf16, fused_attention=cuda, cuda=cuda)
+        est = self.with_reference(memory.estimate(shape.with_extra_tokens(added_tokens), cfg.max_length,
+                                                  self.forward_batch(), bf16=bf16, fused_attention=cuda, cuda=cuda))
         if cfg.optimizer == "adamw_torch":  # two full fp32 moments per parameter instead of Adafactor's factored state
             est = dataclasses.replace(est, optimizer_state=8 * est.n_params)
         for line in memory.format_estimate(est, cfg.gradient_checkpointing).splitlines():
@@ -243,8 +289,8 @@ class FinetuneStage(WholeStage):
             available, where = memory.available_memory()
             cuda = where.startswith("CUDA")
         bf16 = cfg.bf16 and cuda
-        est = memory.estimate(shape, cfg.max_length, cfg.per_device_batch_size, bf16=bf16, fused_attention=cuda,
-                              cuda=cuda)
+        est = self.with_reference(memory.estimate(shape, cfg.max_length, self.forward_batch(), bf16=bf16,
+                                                  fused_attention=cuda, cuda=cuda))
         need = est.total(cfg.gradient_checkpointing)
         gib = memory.GIB
         measured = (f"{need / gib:,.1f} GiB ({shape.name}, {'bfloat16' if bf16 else 'float32'}, "
@@ -258,12 +304,14 @@ class FinetuneStage(WholeStage):
         return Check(self.name, "memory fit", measured, limit, FAIL if cfg.fit_check else WARN, problem)
 
     # -- data ------------------------------------------------------------------
-    def encode_all(self, ctx, encoder: ConversationEncoder) -> list[tuple[dict, Encoded]]:
-        """Every input conversation with its encoding."""
+    def encode_all(self, ctx, encoder: ConversationEncoder) -> list[tuple[dict, Encoded | EncodedPair]]:
+        """Every input conversation (or preference pair) with its encoding."""
         cfg = self.config
+        if self.preference:
+            return [(row, encode_pair(encoder, row, cfg.max_length, cfg.overflow)) for row in ctx.source.iter_rows()]
         return [(row, encoder.encode(row["messages"], cfg.max_length, cfg.overflow)) for row in ctx.source.iter_rows()]
 
-    def write_rows(self, store, encoded: list[tuple[dict, Encoded]]) -> None:
+    def write_rows(self, store, encoded: list[tuple[dict, Encoded | EncodedPair]]) -> None:
         """One row per conversation: kept and truncated ones in the parts, dropped ones under dropped/."""
         store.reset_parts()
         for start in range(0, len(encoded), PART_ROWS):
@@ -292,13 +340,24 @@ class FinetuneStage(WholeStage):
 
     # -- training --------------------------------------------------------------
     def training_arguments(self, out_dir: Path, bf16: bool, cuda: bool):
-        """transformers ``TrainingArguments`` for the configured recipe (accumulation shared among the processes)."""
+        """transformers ``TrainingArguments`` (trl's ``DPOConfig`` for DPO) for the configured recipe.
+
+        Gradient accumulation is shared among the processes.
+        """
         from transformers import TrainingArguments
 
         from pipeline.training.distributed import accumulation_per_process
+        from pipeline.training.preference import dpo_arguments_class, dpo_settings, require_trl
+        from pipeline.training.rewards import grpo_settings
 
         cfg = self.config
-        return TrainingArguments(
+        args_class, extra = TrainingArguments, {}
+        if self.preference:
+            args_class, extra = dpo_arguments_class(), dpo_settings(cfg.dpo, cfg.max_length)
+        elif self.reinforced:
+            args_class, extra = require_trl("grpo").GRPOConfig, grpo_settings(cfg.grpo)
+        return args_class(
+            **extra,
             output_dir=str(out_dir),
             per_device_train_batch_size=cfg.per_device_batch_size,
             gradient_accumulation_steps=accumulation_per_process(cfg.per_device_batch_size,
@@ -359,7 +418,7 @@ class FinetuneStage(WholeStage):
         encoded = self.encode_all(ctx, encoder)
         if is_main_process():
             self.write_rows(store, encoded)
-            if self.run_config.keep_dropped:
+            if self.run_config.keep_dropped and not (self.preference or self.reinforced):
                 ctx.source.save_dropped(store.dir / "source_dropped")
         examples = [enc for _, enc in encoded if enc.kept]
         if not encoded:
@@ -384,18 +443,35 @@ class FinetuneStage(WholeStage):
         if cfg.adapter != "none":
             model = attach_adapter(model, cfg, train_embeddings=encoder.added_tokens > 0,
                                    checkpointing=cfg.gradient_checkpointing)
-        trainer = Trainer(
-            model=model, args=args,
-            train_dataset=ConversationDataset(self.train_rows(examples)),
-            data_collator=PaddingCollator(tokenizer.pad_token_id, 8 if cuda else None),
-            processing_class=tokenizer,
-        )
+        session = None
+        if self.preference:
+            from pipeline.training.preference import dpo_trainer
+
+            trainer = dpo_trainer(model, args, [row for row, enc in encoded if enc.kept], tokenizer)
+        elif self.reinforced:
+            from pipeline.execution import SandboxSession
+            from pipeline.training.rewards import SandboxReward, grpo_trainer
+
+            session = SandboxSession(cfg.grpo.sandbox, self.run_config.work_dir).open()
+            trainer = grpo_trainer(model, args, [row for row, enc in encoded if enc.kept], tokenizer,
+                                   SandboxReward(session, cfg.grpo.drop_stdin_main))
+        else:
+            trainer = Trainer(
+                model=model, args=args,
+                train_dataset=ConversationDataset(self.train_rows(examples)),
+                data_collator=PaddingCollator(tokenizer.pad_token_id, 8 if cuda else None),
+                processing_class=tokenizer,
+            )
         last = resume_checkpoint(checkpoints)
         last = str(last) if last else None
         if last:
             self.log.info("finetune: resuming from %s", last)
         started = time.time()
-        result = trainer.train(resume_from_checkpoint=last)
+        try:
+            result = trainer.train(resume_from_checkpoint=last)
+        finally:
+            if session is not None:
+                session.close()
         runtime = time.time() - started
 
         out, adapter_dir = self.save_model(trainer, encoder, store.dir, model_dir, dtype)
@@ -406,15 +482,22 @@ class FinetuneStage(WholeStage):
             from pipeline.training.publish import push_model
 
             repo = push_model(self.hub_config, out, cfg.hub_model_name)
-        facts = {"base_model": self.model_name(), "resolved_from": model_dir, "chat_format": cfg.chat_format,
+        facts = {"objective": cfg.objective, "base_model": self.model_name(), "resolved_from": model_dir,
+                 "chat_format": cfg.chat_format,
                  "resumed_from": last, "bf16": bf16, "device": "cuda" if cuda else "cpu", "dropout_forced": forced,
                  "added_tokens": encoder.added_tokens, "fit_estimate": fit, "hub_repo": repo,
                  "examples_per_epoch": len(examples), "rows_per_epoch": len(trainer.train_dataset),
                  "adapter": cfg.adapter, "adapter_dir": str(adapter_dir) if adapter_dir else None,
                  "processes": world_size(), "gradient_accumulation_per_process": args.gradient_accumulation_steps,
                  "effective_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()}
+        if self.preference:
+            facts["dpo"] = {**self.config.dpo.model_dump(), **preference_metrics(trainer.state.log_history)}
+        if self.reinforced:
+            facts["grpo"] = {**self.config.grpo.model_dump(exclude={"sandbox"}),
+                             **reward_metrics(trainer.state.log_history)}
         fields = self.report(ctx, trainer.state, float(result.training_loss), runtime, out, facts)
-        fields["conversations"] = ctx.source.report()
+        if not (self.preference or self.reinforced):
+            fields["conversations"] = ctx.source.report()
         return fields
 
     def report(self, ctx, state, mean_loss: float, runtime: float, model_dir: Path, facts: dict) -> dict:

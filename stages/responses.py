@@ -20,9 +20,9 @@ from pydantic import Field
 from pipeline.fewshot import FewShotExample
 from pipeline.generation import GenerationConfig, GenerationStage
 from pipeline.ids import stable_id
-from pipeline.prompting import ParseFailure, PromptTask, python_blocks, section
-
-TESTS_HEADER = "### Tests"
+from pipeline.prompting import (
+    TESTS_HEADER, ParseFailure, PromptTask, answer_with_tests, parse_answer_with_tests, section,
+)
 
 
 class ResponseTask(PromptTask):
@@ -47,19 +47,10 @@ class ResponseTask(PromptTask):
         return section("Instruction", example.instruction)
 
     def example_answer(self, example: FewShotExample) -> str:
-        return f"{example.response.rstrip()}\n\n{TESTS_HEADER}\n```python\n{example.tests.rstrip()}\n```"
+        return answer_with_tests(example.response, example.tests)
 
     def parse(self, answer: str) -> dict | ParseFailure:
-        response, header, tests_part = answer.partition(f"\n{TESTS_HEADER}")
-        if not header:
-            return ParseFailure("no_tests")
-        if not python_blocks(response):
-            return ParseFailure("no_code")
-        blocks = python_blocks(tests_part)
-        tests = "\n".join(blocks) if blocks else tests_part
-        if not tests.strip():
-            return ParseFailure("no_tests")
-        return {"response": response.strip(), "tests": tests.strip()}
+        return parse_answer_with_tests(answer)
 
 
 class ResponsesConfig(GenerationConfig):

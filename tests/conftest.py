@@ -67,3 +67,47 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
         [sys.executable, str(REPO / "run_pipeline.py"), *args],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def stage_command(tmp_path: Path, stage: str, rows: list[dict], seed: int = 42, **settings) -> list[str]:
+    """Write ``rows`` (JSONL) and a recipe setting ``stages.<stage>`` into ``tmp_path``; return the CLI arguments."""
+    import json
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "input.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run": {"work_dir": str(tmp_path / "work"), "seed": seed},
+                                      "stages": {stage: settings}}))
+    return ["--config", str(recipe), "--stage", stage, "--input", str(data)]
+
+
+def run_stage_on_rows(tmp_path: Path, stage: str, rows: list[dict], seed: int = 42, **settings):
+    """Run one stage through the command line on ``rows`` (as ``--input`` JSONL); return manifest, kept, dropped."""
+    from pipeline.store import StageStore
+
+    result = run_cli(*stage_command(tmp_path, stage, rows, seed, **settings))
+    assert result.returncode == 0, result.stderr
+    store = StageStore(tmp_path / "work", stage)
+    return store.read_manifest(), store.read_table().to_pylist(), store.read_dropped().to_pylist()
+
+
+def sigkill_after_parts(args: list[str], store, parts: int = 1, timeout: float = 300) -> int:
+    """Start ``run_pipeline.py args`` in its own process group, SIGKILL the group once ``store`` holds ``parts`` parts.
+
+    Fails when the run finishes first (the input is then too small to interrupt). Returns the parts on disk.
+    """
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_pipeline.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while len(store.part_paths()) < parts and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make the input larger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not store.manifest_path.exists()
+    return len(store.part_paths())

@@ -24,7 +24,8 @@ def error_line(stderr: str) -> str:
     return errors[0]
 
 
-DESIGN_STAGES = ["seeds", "concepts", "instructions", "responses", "execute", "dedup", "finetune", "evaluate"]
+DESIGN_STAGES = ["seeds", "concepts", "instructions", "responses", "execute", "repair", "dedup", "preferences",
+                 "finetune", "evaluate"]
 
 
 def _recipe(tmp_path, corpus, **seeds):

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 
-import yaml
-
 from pipeline.contamination import load_humaneval
-from pipeline.store import StageStore
-from tests.conftest import run_cli
+from tests.conftest import run_stage_on_rows
 
 CODE = "```python\ndef {name}(values):\n    total = 0\n    for v in values:\n        total += v * {k}\n    return total\n```"
 LONG = ("Write a function {name}(values) that multiplies every number of the list values by {k} and returns the "
@@ -58,15 +54,7 @@ def test_placeholders_and_stubs_but_not_a_pass_in_an_except():
 
 
 def run_dedup(tmp_path, rows, seed=42):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    data = tmp_path / "executed.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"run": {"work_dir": str(tmp_path / "work"), "seed": seed}}))
-    result = run_cli("--config", str(recipe), "--stage", "dedup", "--input", str(data))
-    assert result.returncode == 0, result.stderr
-    store = StageStore(tmp_path / "work", "dedup")
-    return store.read_manifest(), store.read_table().to_pylist(), store.read_dropped().to_pylist()
+    return run_stage_on_rows(tmp_path, "dedup", rows, seed)
 
 
 def test_each_step_drops_what_it_should(tmp_path):

@@ -134,6 +134,8 @@ def test_ray_gives_the_same_rows_as_local(tmp_path, stdlib_corpus, ray_cluster, 
     drop = ("duration_s",)
     assert sorted_rows(runner_re.store("execute"), drop) == sorted_rows(runner_le.store("execute"), drop)
     assert e_ray["stats"].get("status_passed") == e_local["stats"].get("status_passed") == 6
+    _run(local, "repair")  # no rounds: the executed samples pass through to dedup
+    _run(on_ray, "repair")
     _, d_local = _run(local, "dedup")
     _, d_ray = _run(on_ray, "dedup")
     assert d_ray["output_digest"] == d_local["output_digest"]

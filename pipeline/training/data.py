@@ -41,8 +41,24 @@ IGNORE = -100
 Overflow = Literal["truncate", "drop"]
 
 
+class TrainingOutcome:
+    """What became of an input row: its ``status`` says ``kept``, ``truncated`` or ``dropped_<reason>``."""
+
+    status: str
+
+    @property
+    def kept(self) -> bool:
+        """Whether the row is trained on."""
+        return not self.status.startswith("dropped_")
+
+    @property
+    def drop_reason(self) -> str | None:
+        """The reason it was dropped, or None."""
+        return self.status.removeprefix("dropped_") if not self.kept else None
+
+
 @dataclass
-class Encoded:
+class Encoded(TrainingOutcome):
     """One tokenised conversation and what became of it."""
 
     input_ids: list[int]
@@ -51,16 +67,6 @@ class Encoded:
     """``kept``, ``truncated`` or ``dropped_<reason>``."""
     n_tokens: int
     """Tokens of the whole conversation, before any truncation."""
-
-    @property
-    def kept(self) -> bool:
-        """Whether the conversation is trained on."""
-        return not self.status.startswith("dropped_")
-
-    @property
-    def drop_reason(self) -> str | None:
-        """The reason it was dropped, or None."""
-        return self.status.removeprefix("dropped_") if not self.kept else None
 
     @property
     def n_label_tokens(self) -> int:
