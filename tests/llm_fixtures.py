@@ -201,11 +201,12 @@ class ReplayBackend:
     @staticmethod
     def humaneval_answer(prompt: str) -> str:
         """A HumanEval prompt: the canonical solution for even problem numbers, a wrong body for odd ones."""
-        from pipeline.benchmarks.catalog import humaneval_records as humaneval_problems
+        from pipeline.benchmarks.answers import completion_prompt
+        from pipeline.benchmarks.catalog import load_benchmark
 
-        problem = next((p for p in humaneval_problems() if p["prompt"] == prompt), None)
-        if problem is not None and int(problem["task_id"].split("/")[1]) % 2 == 0:
-            return problem["canonical_solution"]
+        problem = next((p for p in load_benchmark("humaneval").problems if completion_prompt(p) == prompt), None)
+        if problem is not None and int(problem.task_id.split("/")[1]) % 2 == 0:
+            return problem.reference[len(problem.prompt):]  # the canonical solution's body
         return "    return None\n"
 
     def generate(self, prompts: list[str], params: Any) -> list[list[Any]]:

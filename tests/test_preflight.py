@@ -176,7 +176,7 @@ def test_docstring_judge_prompts_are_checked_when_the_judge_is_on(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     (size,) = [r for r in table_rows(result.stdout, "seeds (docstring judge)") if "prompt + max_tokens" in r]
     assert "bank functions as queries" in size and "+ 4 = " in size and "(estimated)" in size
-    assert re.search(r"100 prompts x 3 x \(", result.stdout), "100 seeds, 3 answers each"
+    assert re.search(r"100 prompts x 1 x \(", result.stdout), "100 seeds, one greedy answer each (the recipe's samples: 1)"
 
 
 def test_finetune_that_does_not_fit_the_device_fails(tmp_path):

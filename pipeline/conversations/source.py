@@ -28,7 +28,6 @@ from pipeline.config import StrictModel
 from pipeline.conversations import instructions, oasst
 from pipeline.conversations.result import Conversion
 from pipeline.errors import InputError
-from pipeline.ids import stable_id
 from pipeline.inputs import InputSource
 from pipeline.store import atomic_write_bytes, rows_to_table
 
@@ -125,8 +124,14 @@ class ConversationSource(InputSource):
             yield from converted.conversations
 
     def digest(self) -> str:
-        """The inner input's digest together with the conversion settings."""
-        return stable_id(self.inner.digest(), self.layout, self.config.languages, self.config.paths)
+        """The inner input's digest, unchanged.
+
+        The conversion settings are stage config, so the stage's fingerprint
+        already covers them; the layout follows from the input's columns. Kept
+        equal to the upstream's output digest, a finished finetune stage stays
+        done until its upstream output changes (the runner compares the two).
+        """
+        return self.inner.digest()
 
     def count(self) -> int | None:
         """Rows served, when known without reading (a messages table) or once converted."""
