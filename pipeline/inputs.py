@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
 from pipeline.ids import stable_id
+from pipeline.jsonl import jsonl_records
 from pipeline.store import MANIFEST, RUN_FILE, StageStore
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -128,7 +129,7 @@ class FileSource(InputSource):
         first = self.files[0]
         if first.suffix == ".parquet":
             return _parquet_columns(first)
-        for _, row in _jsonl_rows(first):
+        for _, row in jsonl_records(first):
             return list(row)
         return []
 
@@ -145,7 +146,7 @@ class FileSource(InputSource):
                                      f"(has: {', '.join(c for c in have if c != 'id') or 'nothing'})")
                 rows += pq.read_metadata(path).num_rows
                 continue
-            for lineno, row in _jsonl_rows(path):
+            for lineno, row in jsonl_records(path):
                 missing = [c for c in needed if c not in row]
                 if missing:
                     raise InputError(f"{path}: line {lineno}: the row lacks required column(s) {', '.join(missing)} "
@@ -167,7 +168,7 @@ class FileSource(InputSource):
                 except Exception as exc:
                     raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
             else:
-                for _, row in _jsonl_rows(path):
+                for _, row in jsonl_records(path):
                     yield with_id(row)
 
     def digest(self) -> str:
@@ -195,29 +196,6 @@ def _parquet_columns(path: Path) -> list[str]:
         return list(pq.read_schema(path).names)
     except Exception as exc:
         raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a bad line is an error naming file, line and column."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}: line {lineno}, column {exc.start + 1}: not UTF-8 text (byte "
-                                 f"0x{raw[exc.start]:02x}); save the file as UTF-8") from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"{path}: line {lineno}, column {exc.colno}: not valid JSON: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}: line {lineno}: expected one JSON object per line, got "
-                                 f"{type(obj).__name__}")
-            yield lineno, obj
 
 
 class HubSource(InputSource):

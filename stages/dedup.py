@@ -53,6 +53,7 @@ from pipeline.progress import progress
 from pipeline.sanitize import SanitizeSettings, banned_phrase, defined_names, too_many_words
 from pipeline.prompting import python_blocks
 from pipeline.stage import WholeStage
+from stages.repair import SAMPLE_COLUMNS
 
 PLACEHOLDER = re.compile(r"\bTODO\b|your code (goes )?here|NotImplementedError", re.IGNORECASE)
 ASSERTION = re.compile(r"\bassert\b|\.assert[A-Z]\w*\(")
@@ -143,11 +144,7 @@ class DedupStage(WholeStage):
         "response": "the response", "tests": "its tests", "passed": "whether its tests passed",
     }
     output_columns = {
-        "id": (pa.string(), "the sample id"),
-        "seed_id": (pa.string(), "the seed this row comes from"),
-        "instruction_id": (pa.string(), "the instruction answered"),
-        "instruction": (pa.string(), "the instruction"),
-        "response": (pa.string(), "the response"),
+        **SAMPLE_COLUMNS,
         "tests": (pa.string(), "its tests, which passed"),
         "messages": (pa.list_(MESSAGE), "a user turn and an assistant turn, for fine-tuning"),
         "round": (pa.int32(), "0: sampled by the responses stage; r: written in repair round r"),

@@ -32,23 +32,35 @@ from pydantic import Field
 
 from pipeline.errors import PipelineError
 from pipeline.execution import SandboxSession, build_program, sandbox_preflight
-from pipeline.fewshot import FewShotExample, load_bank
+from pipeline.fewshot import load_bank
 from pipeline.generation import GenerationConfig, ask
 from pipeline.ids import stable_id
 from pipeline.map_runner import manifest_fields
 from pipeline.preference_pairs import group_by_instruction, seeded_order
 from pipeline.progress import progress
-from pipeline.prompting import ParseFailure, PromptTask, answer_with_tests, parse_answer_with_tests, section
+from pipeline.prompting import ParseFailure, answer_with_tests, section
 from pipeline.stage import WholeStage
 from sandbox import SandboxConfig
+from stages.responses import ResponseTask
 
 PART_ROWS = 10_000
 REPAIRABLE = ("failed", "timeout", "oom")
 VERDICT = ("status", "passed", "exit_code", "duration_s", "stdout", "stderr", "program_hash")
+#: The first columns of a sample row, as this stage writes them and the dedup stage keeps them.
+SAMPLE_COLUMNS = {
+    "id": (pa.string(), "the sample id"),
+    "seed_id": (pa.string(), "the seed this row comes from"),
+    "instruction_id": (pa.string(), "the instruction answered"),
+    "instruction": (pa.string(), "the instruction"),
+    "response": (pa.string(), "the response"),
+}
 
 
-class RepairTask(PromptTask):
-    """An instruction (with, for feedback, the failed attempt and its test output) in; a response with tests out."""
+class RepairTask(ResponseTask):
+    """An instruction (with, for feedback, the failed attempt and its test output) in; a response with tests out.
+
+    The examples, the answer's header and its parsing are the responses stage's.
+    """
 
     preamble = (
         "Each example below gives a programming instruction and then a response that solves it: a brief "
@@ -56,8 +68,7 @@ class RepairTask(PromptTask):
         "with assert statements that check it. When an earlier attempt and its test output are shown, the "
         "response fixes what made that attempt fail."
     )
-    answer_header = "### Response\n"
-    extra_stop = ["\n### Instruction"]
+    chat_reminder = ""
 
     def __init__(self, feedback: bool, tail_chars: int):
         self.feedback, self.tail_chars = feedback, tail_chars
@@ -69,15 +80,6 @@ class RepairTask(PromptTask):
             text += "\n" + section("Failed attempt", answer_with_tests(row["response"], row["tests"]))
             text += "\n" + section("Test output", output[-self.tail_chars:])
         return text
-
-    def example_query(self, example: FewShotExample) -> str:
-        return section("Instruction", example.instruction)
-
-    def example_answer(self, example: FewShotExample) -> str:
-        return answer_with_tests(example.response, example.tests)
-
-    def parse(self, answer: str) -> dict | ParseFailure:
-        return parse_answer_with_tests(answer)
 
 
 class RepairConfig(GenerationConfig):
@@ -110,11 +112,7 @@ class RepairStage(WholeStage):
         "response": "the response", "tests": "its tests", "status": "its verdict", "passed": "whether it passed",
     }
     output_columns = {
-        "id": (pa.string(), "the sample id"),
-        "seed_id": (pa.string(), "the seed this row comes from"),
-        "instruction_id": (pa.string(), "the instruction answered"),
-        "instruction": (pa.string(), "the instruction"),
-        "response": (pa.string(), "the response"),
+        **SAMPLE_COLUMNS,
         "tests": (pa.string(), "its tests"),
         "status": (pa.string(), "its verdict: passed, failed, timeout, oom or error"),
         "passed": (pa.bool_(), "whether its tests passed"),

@@ -15,7 +15,6 @@ verdict line makes the request ``invalid`` (counted apart). The judge's reply
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import PipelineError
+from pipeline.jsonl import jsonl_records
 
 VERDICT = re.compile(r"^\W*verdict\W*[:\-]\s*\W*(1|2|tie)\b", re.IGNORECASE | re.MULTILINE)
 OUTCOMES = ("win", "tie", "loss", "invalid")
@@ -39,14 +39,8 @@ def read_requests(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise PipelineError(f"judge requests file {path} does not exist")
     requests = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise PipelineError(f"{path}: line {number} is not JSON ({exc})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("request"), str) or "id" not in record:
+    for number, record in jsonl_records(path):
+        if not isinstance(record.get("request"), str) or "id" not in record:
             raise PipelineError(f"{path}: line {number} needs an id and a request string")
         requests.append({"id": str(record["id"]), "request": record["request"]})
     if not requests:

@@ -10,7 +10,6 @@ answer are left out of the score (and listed).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pipeline.benchmarks.catalog import load_benchmark
 from pipeline.benchmarks.harness import Answer, Harness, TimeLimits
 from pipeline.benchmarks.results import benchmark_scores
 from pipeline.errors import PipelineError
+from pipeline.jsonl import jsonl_records
 from pipeline.progress import progress
 
 log = logging.getLogger("pipeline.benchmarks")
@@ -28,28 +28,21 @@ def read_answers(path: Path, known: set[str]) -> list[Answer]:
     if not path.is_file():
         raise PipelineError(f"answers file {path} does not exist")
     answers, samples = [], {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise PipelineError(f"{path}: line {number} is not JSON ({exc})") from None
-            task = record.get("task_id") if isinstance(record, dict) else None
-            if task is None:
-                raise PipelineError(f"{path}: line {number} has no task_id")
-            task = str(task)
-            if task not in known:
-                raise PipelineError(f"{path}: line {number}: task {task} is not in the benchmark")
-            if isinstance(record.get("solution"), str):
-                text, form = record["solution"], "solution"
-            elif isinstance(record.get("completion"), str):
-                text, form = record["completion"], "append"
-            else:
-                raise PipelineError(f"{path}: line {number} has neither a completion nor a solution string")
-            answers.append(Answer(task, text, form, samples.get(task, 0)))
-            samples[task] = samples.get(task, 0) + 1
+    for number, record in jsonl_records(path):
+        task = record.get("task_id")
+        if task is None:
+            raise PipelineError(f"{path}: line {number} has no task_id")
+        task = str(task)
+        if task not in known:
+            raise PipelineError(f"{path}: line {number}: task {task} is not in the benchmark")
+        if isinstance(record.get("solution"), str):
+            text, form = record["solution"], "solution"
+        elif isinstance(record.get("completion"), str):
+            text, form = record["completion"], "append"
+        else:
+            raise PipelineError(f"{path}: line {number} has neither a completion nor a solution string")
+        answers.append(Answer(task, text, form, samples.get(task, 0)))
+        samples[task] = samples.get(task, 0) + 1
     if not answers:
         raise PipelineError(f"answers file {path} holds no answers")
     return answers
