@@ -294,7 +294,7 @@ class SeedsStage(MapStage):
         if self.config.typecheck_unit == "file":
             return self._typecheck_in_files(candidates)
         units = {f"u{i:05d}.py": fn.standalone_source for i, (_, fn) in enumerate(candidates)}
-        diagnostics = typecheck_sources(units) if units else {}
+        diagnostics = self._checked(units)
         verdicts = []
         for name, (_, fn) in zip(units, candidates):
             last = units[name].count("\n")  # the function is the unit's last lines
@@ -306,17 +306,24 @@ class SeedsStage(MapStage):
         """Check each file of the batch once and keep functions whose own lines have no error."""
         files = {file["id"]: file["content"] for file, _ in candidates}
         names = {fid: f"f{i:05d}.py" for i, fid in enumerate(files)}
+        diagnostics = self._checked({names[fid]: text for fid, text in files.items()})
+        return [
+            not function_has_type_errors(diagnostics.get(names[file["id"]], []), fn.lineno, fn.end_lineno)
+            for file, fn in candidates
+        ]
+
+    @staticmethod
+    def _checked(sources: dict[str, str]) -> dict:
+        """The type checker's diagnostics for ``sources``; a checker that fails is one line naming the filter."""
+        if not sources:
+            return {}
         try:
-            diagnostics = typecheck_sources({names[fid]: text for fid, text in files.items()}) if files else {}
+            return typecheck_sources(sources)
         except TypecheckError as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             raise PipelineError(f"stages.seeds.filters: typechecks failed: {' '.join(lines)[:300]}; the batches "
                                 "committed so far are kept (fix the checker, or remove typechecks from the "
                                 "filters)") from None
-        return [
-            not function_has_type_errors(diagnostics.get(names[file["id"]], []), fn.lineno, fn.end_lineno)
-            for file, fn in candidates
-        ]
 
     def not_benchmark(self, candidates: list[Candidate]) -> list[bool]:
         """Keep functions that are not taken from a benchmark's prompts or solutions."""
