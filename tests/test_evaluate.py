@@ -493,7 +493,7 @@ def test_base_overrides_change_the_base_model_only(tmp_path):
     assert stage.model_config.backend == "transformers"
     bad = make_runner(tmp_path, EvaluateStage, "m", str(tmp_path), evaluate_finetuned=False,
                       base_overrides={"backend": "no-such-engine"})
-    with pytest.raises(PipelineError, match=r"^stages\.evaluate\.base_overrides: "):
+    with pytest.raises(PipelineError, match=r"^stages\.evaluate\.models \(base\): backend"):
         bad.stage("evaluate").contenders(ctx=None)
 
 
