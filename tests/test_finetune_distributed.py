@@ -128,7 +128,8 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(tmp_path, tiny_mod
     second = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     training = json.loads((tmp_path / "killed" / "finetune" / "manifest.json").read_text())["training"]
-    assert training["resumed_from"] and training["global_step"] == steps and training["processes"] == 2
+    assert training["resumed_from"], second.stderr[:6000]
+    assert training["global_step"] == steps and training["processes"] == 2
     resumed, reference = weights(Path(training["model_dir"])), weights(tmp_path / "whole" / "finetune" / "model")
     for name, tensor in reference.items():
         assert resumed[name].sub(tensor).abs().max() < 1e-6, name
