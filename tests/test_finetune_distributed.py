@@ -51,6 +51,52 @@ def launch_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def kill_run(launcher: subprocess.Popen) -> None:
+    """SIGKILL a launched run at once: the launcher's process group and every process under it, then wait them out.
+
+    torch's elastic agent starts each training process in a session of its
+    own (``start_new_session=True``), so killing the launcher's group alone
+    leaves the workers training on, orphaned, until they write the manifest.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(launcher.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for process in tree:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(launcher.pid, signal.SIGKILL)  # anything else the launcher's group holds
+    except ProcessLookupError:
+        pass
+    launcher.wait(timeout=60)
+    deadline = time.time() + 60
+    while any(process_alive(p) for p in tree):
+        assert time.time() < deadline, "a training process outlived SIGKILL for 60 s"
+        time.sleep(0.05)
+
+
+def process_alive(process) -> bool:
+    """Whether a ``psutil.Process`` still runs (a zombie waiting to be reaped does not)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints written to the end: both processes' RNG state and the trainer state (written last by rank 0)."""
+    return [p for p in folder.glob("checkpoint-*") if (p / "rng_state_1.pth").is_file()
+            and (p / "trainer_state.json").is_file()]
+
+
 def losses(work: Path) -> list[float]:
     """The logged training losses of a finished run, step by step."""
     return [e["loss"] for e in json.loads((work / "finetune" / "train_log.json").read_text()) if "loss" in e]
@@ -112,15 +158,12 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(tmp_path, tiny_mod
                                  start_new_session=True)
         try:
             deadline = time.time() + 300
-            while not list(checkpoints.glob("checkpoint-*/rng_state_1.pth")):
+            while not complete_checkpoints(checkpoints):
                 assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
                 assert time.time() < deadline, "no checkpoint within 300 s"
                 time.sleep(0.05)
-            os.killpg(first.pid, signal.SIGKILL)  # the launcher and both training processes at once
-            first.wait(timeout=60)
         finally:
-            if first.poll() is None:
-                os.killpg(first.pid, signal.SIGKILL)
+            kill_run(first)  # the launcher and both training processes at once
     assert not (tmp_path / "killed" / "finetune" / "manifest.json").exists()
     done_before = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert done_before < steps
@@ -240,14 +283,17 @@ def test_accelerate_configs_parse_and_name_their_layouts(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.docker
 def test_lora_fine_tune_of_the_demo_model_then_evaluate_on_the_merged_model(tmp_path):
-    """The demo's Gemma 3 270M: a LoRA finetune stage, then evaluate loads the merged model, all by the CLI."""
+    """Gemma 3 270M base (configs/demo-gemma-base.yaml's model): a LoRA finetune stage, then evaluate loads the
+    merged model, all by the CLI."""
     from tests.conftest import run_cli
 
+    demo = yaml.safe_load((REPO / "configs" / "demo-gemma-base.yaml").read_text())
+    assert demo["model"]["backend"] == "transformers"  # the recipe fine-tunes the model it generates with
     conversations = write_data(tmp_path / "conversations.jsonl", [{"id": f"c{i}", **conversation(i)} for i in range(4)])
     config = {
         "name": "demo-lora",
         "run": {"work_dir": str(tmp_path / "work")},
-        "model": {"backend": "transformers", "model": "gemma3-270m-gguf", "device": "cpu", "show_progress": False},
+        "model": {**demo["model"], "show_progress": False},
         "stages": {"finetune": {"adapter": "lora", "lora_r": 8, "max_steps": 2, "per_device_batch_size": 2,
                                 "gradient_accumulation_steps": 1, "max_length": 256, "learning_rate": 1e-4},
                    "evaluate": {"limit": 2, "max_tokens": 24, "evaluate_base": False, "sandbox": {"workers": 2}}},
@@ -263,5 +309,6 @@ def test_lora_fine_tune_of_the_demo_model_then_evaluate_on_the_merged_model(tmp_
 
     evaluate = run_cli("--config", str(path), "--stage", "evaluate", timeout=900)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    results = json.loads((tmp_path / "work" / "evaluate" / "manifest.json").read_text())["results"]
-    assert results["finetuned"]["model_path"] == training["model_dir"] and results["finetuned"]["total"] == 2
+    manifest = json.loads((tmp_path / "work" / "evaluate" / "manifest.json").read_text())
+    assert manifest["models"]["finetuned"]["model_path"] == training["model_dir"]
+    assert manifest["results"]["humaneval"]["finetuned"]["base"]["total"] == 2
