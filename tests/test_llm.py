@@ -22,6 +22,7 @@ from pipeline.llm import (
     create_backend,
 )
 from pipeline.llm.base import finalize
+from tests.conftest import require_installed
 from tests.llm_fixtures import (  # noqa: F401 - fixtures are used by name
     _openai_server_session,
     closed_port,

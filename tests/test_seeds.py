@@ -153,5 +153,7 @@ def test_whole_standard_library(tmp_path):
     assert stats["functions_found"] == manifest["rows_out"] + sum(
         v for k, v in dropped.items() if k != "unparseable_file"
     )
-    assert manifest["rows_out"] > 1000 and dropped["typechecks"] > 0
+    # the published filters (substring no_todo, self-contained functions, each type-checked alone) keep
+    # about 400 of the standard library's functions
+    assert manifest["rows_out"] > 300 and dropped["typechecks"] > 0 and dropped["self_contained"] > 0
     assert str(stdlib_dir()) in manifest["input"]["description"]

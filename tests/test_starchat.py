@@ -78,7 +78,7 @@ def test_the_demo_runs_end_to_end_and_its_model_speaks_in_starchat_turns(tmp_pat
                                                     "not_reviewed": 2, "trailing_user_turn": 1}
     assert finetune["training"]["added_tokens"] == 4
     evaluate = json.loads((work / "evaluate" / "manifest.json").read_text())
-    assert set(evaluate["results"]) >= {"base", "finetuned"}
+    assert set(evaluate["results"]["humaneval"]) >= {"base", "finetuned"}
 
     model_dir = Path(finetune["model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
