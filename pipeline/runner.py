@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -328,7 +329,8 @@ class Runner:
                 "digest": digest,
             },
             **fields,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            # to the microsecond: two runs of a stage never share a manifest (a retrained model makes evaluate stale)
+            "finished_at": datetime.now().astimezone().isoformat(timespec="microseconds"),
             "wall_seconds": elapsed_since(started),
             "output_digest": store.output_digest(ignore=stage.timing_columns),
             "config": {

@@ -274,7 +274,7 @@ def _recipe(tmp_path: Path, model: str, **model_settings) -> Path:
     path.write_text(yaml.safe_dump(recipe))
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"id": f"s{i}", "code": f"def g{i}(a):\n    return a * {i}\n"}) + "\n"
-                             for i in range(16)))
+                             for i in range(1000)))  # about a minute of generation: still busy when signalled
     return path
 
 
