@@ -54,7 +54,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.config import not_fingerprinted
 from pipeline.conversations import ConversationSource, ConversationsConfig
 from pipeline.errors import PipelineError
 from pipeline.ids import stable_id

@@ -39,7 +39,7 @@ and ``rows_in = files_parsed + unparseable_file``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, ClassVar, Literal
+from typing import Callable, Literal
 
 import pyarrow as pa
 from pydantic import Field, field_validator

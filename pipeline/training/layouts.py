@@ -151,7 +151,7 @@ def fit_table(shape: ModelShape, *, gpu_counts=(1, 2, 4, 8), cards_gib=(24, 40, 
         f"fit table: {shape.name}, full fine-tuning with Adafactor unless lora/qlora (r={lora_rank}), "
         f"{'bfloat16' if bf16 else 'float32'}, batch {batch} x {seq_len} tokens per GPU, "
         f"{'with' if checkpointing else 'without'} gradient checkpointing",
-        f"cell: GiB needed per GPU, then the card sizes (GiB) it fits on; [host GiB per GPU] with offload",
+        "cell: GiB needed per GPU, then the card sizes (GiB) it fits on; [host GiB per GPU] with offload",
         head,
     ]
     for layout in LAYOUTS:
