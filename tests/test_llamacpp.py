@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.llm import BackendError, LLMConfig, SamplingParams, create_backend
 from pipeline.llm.llamacpp_backend import pick_threads
+from pipeline.llm.llamacpp_engine import cpu_has_amx, use_repacking
 from pipeline.llm.server_process import ManagedServer, process_start_time, reap_orphans
 from pipeline.llm.split_gguf import Part, SplitGGUF, assemble
 from tests.conftest import REPO, require_installed
@@ -251,6 +252,15 @@ def test_threads_never_exceed_the_cores():
     assert pick_threads(None, cores=2, busy=6.0) == 1
     assert pick_threads(8, cores=2, busy=0.0) == 2
     assert pick_threads(None, cores=16, busy=3.0) == 13
+
+
+def test_weight_repacking_is_off_by_default_on_amx_cpus():
+    """llama.cpp's AMX buffer crashes at the first decode of a Q4_K model, so auto turns repacking off there."""
+    amx = "processor : 0\nflags : fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n"
+    plain = "processor : 0\nflags : fpu avx2 fma f16c\n"
+    assert cpu_has_amx(amx) and not cpu_has_amx(plain)
+    assert use_repacking(None, amx) is False and use_repacking(None, plain) is True
+    assert use_repacking(True, amx) is True and use_repacking(False, plain) is False
 
 
 def test_closing_the_backend_stops_its_server(tiny_gguf, registry):  # noqa: F811 - fixture

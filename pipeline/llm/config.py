@@ -110,6 +110,11 @@ class LLMConfig(BaseModel):
         description="Sequences decoded together, continuous batching (llamacpp); also the requests kept in flight.",
     )
     ctx_per_slot: int = Field(default=4096, ge=64, description="Context length of each sequence: prompt plus answer (llamacpp).")
+    repack: Literal["auto", "on", "off"] = not_fingerprinted(
+        "Let llama.cpp repack weights into its CPU-specific buffers (llamacpp). auto: off on CPUs with Intel AMX, "
+        "whose AMX buffer crashes on Q4_K models (llama.cpp issue #20824), llama.cpp's default elsewhere.",
+        default="auto",
+    )
     server_start_timeout_s: float = not_fingerprinted(
         "Seconds to wait for the server to load the model and answer (llamacpp).", default=300.0, gt=0
     )

@@ -92,7 +92,7 @@ class LlamaCppBackend(OpenAIBackend):
         command = [
             sys.executable, "-m", "pipeline.llm.llamacpp_server", "--model", model_path, "--alias", config.model,
             "--port", str(port), "--threads", str(self.threads), "--slots", str(config.parallel),
-            "--ctx-per-slot", str(config.ctx_per_slot),
+            "--ctx-per-slot", str(config.ctx_per_slot), "--repack", config.repack,
         ]
         log.info("llama.cpp: serving %s with %d threads (%d cores, %.1f busy elsewhere), %d parallel sequences",
                  config.model, self.threads, cores, busy, config.parallel)

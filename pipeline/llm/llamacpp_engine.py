@@ -24,6 +24,13 @@ dominates).
 llama.cpp's threads spin while they wait for each other, so a context with
 more threads than free cores slows to a crawl: the server sizes ``threads``
 before it starts (see :mod:`pipeline.llm.llamacpp_backend`).
+
+Weight repacking: llama.cpp can move weights into "extra" buffer types laid
+out for a CPU's matrix units. On CPUs with Intel AMX (Sapphire Rapids and
+later) its AMX buffer crashes the process at the first decode of a Q4_K
+model (llama.cpp issue #20824, seen here), so ``repack=None`` (auto) turns
+extra buffers off on CPUs whose flags list AMX and leaves llama.cpp's
+default elsewhere.
 """
 
 from __future__ import annotations
@@ -71,15 +78,34 @@ class _Slot:
     checked: int = 0
 
 
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU's flags (``/proc/cpuinfo``, or the text given) list Intel AMX tiles."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo.splitlines())
+
+
+def use_repacking(repack: bool | None, cpuinfo: str | None = None) -> bool:
+    """Whether llama.cpp may repack weights into extra buffers: as asked, else (None) not on AMX CPUs."""
+    return (not cpu_has_amx(cpuinfo)) if repack is None else repack
+
+
 class LlamaCppEngine:
     """A GGUF model served to many sequences at once by one decoding thread."""
 
-    def __init__(self, model_path: str, *, threads: int, slots: int, ctx_per_slot: int, n_batch: int = 512) -> None:
+    def __init__(self, model_path: str, *, threads: int, slots: int, ctx_per_slot: int, n_batch: int = 512,
+                 repack: bool | None = None) -> None:
         import llama_cpp as L
 
         self.L = L
         L.llama_backend_init()
         params = L.llama_model_default_params()
+        self.repack = use_repacking(repack)
+        params.use_extra_bufts = self.repack
         self.model = L.llama_model_load_from_file(model_path.encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp cannot load {model_path}")

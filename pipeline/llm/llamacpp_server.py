@@ -191,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (at most the free cores)")
     ap.add_argument("--slots", type=int, default=8, help="sequences decoded together")
     ap.add_argument("--ctx-per-slot", type=int, default=4096, help="context length of each sequence")
+    ap.add_argument("--repack", choices=["auto", "on", "off"], default="auto",
+                    help="weight repacking into llama.cpp's extra buffers (auto: off on AMX CPUs, where it crashes)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    engine = LlamaCppEngine(args.model, threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot)
+    repack = {"auto": None, "on": True, "off": False}[args.repack]
+    engine = LlamaCppEngine(args.model, threads=args.threads, slots=args.slots, ctx_per_slot=args.ctx_per_slot,
+                            repack=repack)
     service = CompletionService(engine, args.alias or args.model.rsplit("/", 1)[-1])
     httpd = ThreadingHTTPServer((args.host, args.port), make_handler(service))
     httpd.daemon_threads = True
@@ -203,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=httpd.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, shut_down)
-    log.info("serving %s on http://%s:%d/v1 (%d threads, %d slots of %d tokens)", args.model, args.host,
-             args.port, args.threads, args.slots, engine.ctx_per_slot)
+    log.info("serving %s on http://%s:%d/v1 (%d threads, %d slots of %d tokens, repacking %s)", args.model,
+             args.host, args.port, args.threads, args.slots, engine.ctx_per_slot, "on" if engine.repack else "off")
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:
