@@ -58,6 +58,7 @@ from pipeline.config import not_fingerprinted
 from pipeline.conversations import ConversationSource, ConversationsConfig
 from pipeline.errors import PipelineError
 from pipeline.ids import stable_id
+from pipeline.llm.gguf_export import copy_gguf_source
 from pipeline.map_runner import manifest_fields
 from pipeline.stage import WholeStage
 from pipeline.processes import is_main_process, world_size
@@ -477,6 +478,7 @@ class FinetuneStage(WholeStage):
         out, adapter_dir = self.save_model(trainer, encoder, store.dir, model_dir, dtype)
         if not is_main_process():
             return {}
+        copy_gguf_source(model_dir, out)  # llama.cpp can then serve the fine-tune with the base's GGUF as template
         repo = None
         if cfg.push_to_hub:
             from pipeline.training.publish import push_model

@@ -110,6 +110,17 @@ class LLMConfig(BaseModel):
         description="Sequences decoded together, continuous batching (llamacpp); also the requests kept in flight.",
     )
     ctx_per_slot: int = Field(default=4096, ge=64, description="Context length of each sequence: prompt plus answer (llamacpp).")
+    gguf_weights: Literal["keep", "q8_0", "f16", "f32"] = Field(
+        default="keep",
+        description="What llama.cpp serves (llamacpp). keep: a .gguf file as it is, a model directory exported "
+        "at q8_0; q8_0/f16/f32: the weights exported at that type (a .gguf file de-quantized first), so models "
+        "served at the same type compare fairly.",
+    )
+    gguf_template: str | None = Field(
+        default=None,
+        description="Serving a model directory with llamacpp: the .gguf file (or package alias) whose architecture, "
+        "tokenizer and metadata the export copies. Default: the GGUF the directory records as its origin.",
+    )
     repack: Literal["auto", "on", "off"] = not_fingerprinted(
         "Let llama.cpp repack weights into its CPU-specific buffers (llamacpp). auto: off on CPUs with Intel AMX, "
         "whose AMX buffer crashes on Q4_K models (llama.cpp issue #20824), llama.cpp's default elsewhere.",

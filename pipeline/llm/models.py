@@ -37,6 +37,7 @@ from pathlib import Path
 
 from pipeline.llm.base import BackendError
 from pipeline.llm.config import GEMMA_GGUF_MODEL, QWEN_CODER_GGUF_MODEL, default_cache_dir
+from pipeline.llm.gguf_export import gguf_source, record_gguf_source
 from pipeline.llm.split_gguf import Part, SplitGGUF, assemble
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def ensure_gguf_cached(gguf_path: str | Path, cache_dir: str | Path, dtype: str 
         raise BackendError(f"GGUF file not found: {gguf}")
     target = gguf_cache_path(gguf, cache_dir, dtype)
     if (target / "config.json").is_file():
+        if gguf_source(target) is None:  # caches written before the record existed
+            record_gguf_source(target, gguf)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("converting %s to a safetensors cache at %s (once)", gguf, target)
@@ -162,3 +165,4 @@ def _convert_gguf(gguf: Path, out_dir: Path, dtype: str) -> None:
     fresh.generation_config = loaded.generation_config
     fresh.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    record_gguf_source(out_dir, gguf)
