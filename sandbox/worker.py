@@ -238,12 +238,11 @@ def _finish(status):
     os._exit(status)
 
 
-def _become_program(job, token, out_w, err_w, rep_w):
-    """In the forked child: isolate, limit, and execute the program. Never returns."""
-    import io
-    import types
-    import traceback
-
+def _wire_fds(pipes):
+    """Close the read ends; new session; stdin /dev/null, stdout/stderr/fd 3 the pipes; close the rest."""
+    (out_r, out_w), (err_r, err_w), (rep_r, rep_w) = pipes
+    for fd in (out_r, err_r, rep_r):
+        os.close(fd)
     os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -253,6 +252,9 @@ def _become_program(job, token, out_w, err_w, rep_w):
     os.set_inheritable(REPORT_FD, False)
     _close_fds_from(REPORT_FD + 1)
 
+
+def _settle_in_job_dir():
+    """Move into the job dir; lowest CPU priority, first in line for the OOM killer, ptraceable."""
     os.chdir(JOB_DIR)
     os.umask(0o022)
     try:  # the worker must keep winning the CPU against whatever the program spawns
@@ -266,7 +268,9 @@ def _become_program(job, token, out_w, err_w, rep_w):
         pass
     _set_dumpable(True)
 
-    limits = job.get("limits") or {}
+
+def _apply_limits(limits):
+    """Set the job's rlimits (CPU seconds, address space, file size, open files) and no core dumps."""
     for name, value in (
         ("RLIMIT_CPU", limits.get("cpu_s")),
         ("RLIMIT_AS", limits.get("memory_bytes")),
@@ -284,6 +288,9 @@ def _become_program(job, token, out_w, err_w, rep_w):
         except (ValueError, OSError):
             pass
 
+
+def _reset_process_state():
+    """Default signal handlers, a clean environment and a reseeded ``random``, as in a fresh interpreter."""
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
@@ -301,57 +308,105 @@ def _become_program(job, token, out_w, err_w, rep_w):
     if "random" in sys.modules:  # do not share the worker's random state
         sys.modules["random"].seed()
 
-    def stream(fd, mode):
-        raw = io.FileIO(fd, mode, closefd=False)
-        if mode == "r":
-            return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8")
-        return io.TextIOWrapper(
-            io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace",
-            line_buffering=False, write_through=(fd == 2),
-        )
 
-    sys.stdin = sys.__stdin__ = stream(0, "r")
-    sys.stdout = sys.__stdout__ = stream(1, "w")
-    sys.stderr = sys.__stderr__ = stream(2, "w")
+def _text_stream(fd, mode):
+    """A UTF-8 text stream on ``fd`` (not closing it); stderr (fd 2) writes through."""
+    import io
 
-    path = os.path.join(JOB_DIR, PROGRAM_NAME)
-    source = job.get("code") or ""
+    raw = io.FileIO(fd, mode, closefd=False)
+    if mode == "r":
+        return io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8")
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace",
+        line_buffering=False, write_through=(fd == 2),
+    )
+
+
+def _install_stdio():
+    """Replace ``sys.stdin``/``stdout``/``stderr`` (and their ``__x__`` twins) with fresh streams on fds 0-2."""
+    sys.stdin = sys.__stdin__ = _text_stream(0, "r")
+    sys.stdout = sys.__stdout__ = _text_stream(1, "w")
+    sys.stderr = sys.__stderr__ = _text_stream(2, "w")
+
+
+def _fresh_main_module(path):
+    """A new, empty ``__main__`` module for the program at ``path``; sets ``sys.argv`` and ``sys.path``."""
+    import types
+
     sys.argv = [path]
     sys.path.insert(0, JOB_DIR)
     module = types.ModuleType("__main__")
     module.__file__ = path
     module.__builtins__ = __builtins__
     sys.modules["__main__"] = module
+    return module
 
-    status = 1
+
+def _compile_or_finish(source, path):
+    """The program's code object; on a syntax error print it and exit 1 (never returns then)."""
+    import traceback
+
     try:
-        code_obj = compile(source, path, "exec", dont_inherit=True)
+        return compile(source, path, "exec", dont_inherit=True)
     except BaseException as exc:  # noqa: BLE001 - syntax errors and friends
         traceback.print_exception(type(exc), exc, None)
         _finish(1)
-    try:
-        exec(code_obj, module.__dict__)
-    except SystemExit as exc:
+
+
+def _status_after(exc, code_obj, source, token):
+    """Exit status of a program whose top level raised ``exc``; reports ``done``/``oom`` on fd 3.
+
+    A success ``SystemExit`` from the last statement counts as the end (marker, status 0);
+    an earlier one is said on stderr. ``MemoryError`` is reported as ``oom``.
+    """
+    if isinstance(exc, SystemExit):
         if _exit_reached_end(exc, code_obj, source):
             _report(token, "done")
-            status = 0
-        else:
-            status = _exit_status(exc.code)
-            if status == 0:
-                sys.stderr.write(
-                    "[sandbox] the program exited before its end (SystemExit(%r)); not a pass\n" % (exc.code,)
-                )
-    except MemoryError as exc:
+            return 0
+        status = _exit_status(exc.code)
+        if status == 0:
+            sys.stderr.write(
+                "[sandbox] the program exited before its end (SystemExit(%r)); not a pass\n" % (exc.code,)
+            )
+        return status
+    if isinstance(exc, MemoryError):
         _report(token, "oom")
-        _print_program_error(exc)
-        status = 1
-    except BaseException as exc:  # noqa: BLE001
-        _print_program_error(exc)
-        status = 1
-    else:
-        _report(token, "done")
-        status = 0
-    _finish(status)
+    _print_program_error(exc)
+    return 1
+
+
+def _become_program(job, token, pipes):
+    """In the forked child: isolate, limit, and execute the program. Never returns (71: a step failed).
+
+    Called straight from ``run_job`` and running ``exec`` itself: the program finds the
+    same Python frames below it (worker module, ``main``, ``run_job``, this one), and
+    ``_print_program_error`` (drops this frame) and ``_exit_reached_end`` (looks below
+    it) rely on the ``exec`` being right here.
+    """
+    try:
+        import io  # noqa: F401 - the steps below need these: load them before the rlimits are set
+        import types  # noqa: F401
+        import traceback  # noqa: F401
+
+        _wire_fds(pipes)
+        _settle_in_job_dir()
+        _apply_limits(job.get("limits") or {})
+        _reset_process_state()
+        _install_stdio()
+        path = os.path.join(JOB_DIR, PROGRAM_NAME)
+        source = job.get("code") or ""
+        module = _fresh_main_module(path)
+        code_obj = _compile_or_finish(source, path)
+        try:
+            exec(code_obj, module.__dict__)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, MemoryError and everything else
+            status = _status_after(exc, code_obj, source, token)
+        else:
+            _report(token, "done")
+            status = 0
+        _finish(status)
+    finally:
+        os._exit(71)
 
 
 # --------------------------------------------------------------------------
@@ -442,22 +497,22 @@ def _read_into(fd, sink):
     return True
 
 
-def run_job(job):
-    """Run one program and return the result dict (status, exit code, output tails)."""
-    job_id = job.get("id")
-    timeout = float(job.get("timeout") or 10.0)
-    output_limit = int(job.get("output_limit") or 16384)
+def _wipe_writable():
+    """Wipe ``/tmp`` and the other writable places; False when something could not be removed."""
+    return _wipe(WORK_ROOT) and all(_wipe(p) for p in EXTRA_WRITABLE)
 
-    clean = _wipe(WORK_ROOT) and all(_wipe(p) for p in EXTRA_WRITABLE)
+
+def _prepare_job_dir(code):
+    """Wipe every writable place and write the program to the fresh job dir; False when the wipe failed."""
+    clean = _wipe_writable()
     os.mkdir(JOB_DIR, 0o700)
     with open(os.path.join(JOB_DIR, PROGRAM_NAME), "w", encoding="utf-8") as fh:
-        fh.write(job.get("code") or "")
+        fh.write(code)
+    return clean
 
-    token = secrets.token_hex(16)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    rep_r, rep_w = os.pipe()
-    oom_before = _oom_kills()
+
+def _fork(pipes):
+    """Fork; returns ``(pid, start time)``, pid 0 in the child. The parent closes the write ends."""
     for stream in (sys.stdout, sys.stderr):  # nothing buffered may leak into the child
         try:
             stream.flush()
@@ -465,97 +520,173 @@ def run_job(job):
             pass
     start = time.monotonic()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child never returns
-        try:
-            for fd in (out_r, err_r, rep_r):
-                os.close(fd)
-            _become_program(job, token, out_w, err_w, rep_w)
-        finally:
-            os._exit(71)
-    for fd in (out_w, err_w, rep_w):
-        os.close(fd)
+    if pid != 0:
+        for _, write_end in pipes:
+            os.close(write_end)
+    return pid, start
 
-    stdout, stderr, report = _Tail(output_limit), _Tail(output_limit), _Tail(4096)
-    readers = {out_r: stdout, err_r: stderr, rep_r: report}
+
+def _nonblocking_readers(pipes, sinks):
+    """Map the read end of each ``(read, write)`` pipe to its sink, set non-blocking."""
+    readers = {read_end: sink for (read_end, _), sink in zip(pipes, sinks)}
     for fd in readers:
         os.set_blocking(fd, False)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
+    return readers
 
-    deadline = start + timeout
-    wait_status = None
-    rusage = None
-    timed_out = False
-    while wait_status is None:
+
+def _open_pidfd(pid):
+    """A pidfd for ``pid`` (readable when it exits), or None where the kernel or Python has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _poll_pipes(readers, pidfd, remaining):
+    """Wait up to ``remaining`` seconds for output or the child's exit; read what came.
+
+    A pipe at end of file is closed and dropped from ``readers``. Without a pidfd
+    the wait is capped at 10 ms, so the caller notices the exit soon.
+    """
+    watch = list(readers)
+    if pidfd is not None:
+        watch.append(pidfd)
+    ready, _, _ = select.select(watch, [], [], remaining if pidfd is not None else min(remaining, 0.01))
+    for fd in ready:
+        if fd == pidfd:
+            continue
+        if not _read_into(fd, readers[fd]):
+            os.close(fd)
+            del readers[fd]
+
+
+def _wait_for_exit(pid, pidfd, readers, deadline):
+    """Read the program's output until it exits, or kill its process group at ``deadline``.
+
+    Returns ``(wait_status, rusage, timed_out)``.
+    """
+    while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            timed_out = True
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
             _, wait_status, rusage = os.wait4(pid, 0)
-            break
-        watch = list(readers)
-        if pidfd is not None:
-            watch.append(pidfd)
-        ready, _, _ = select.select(watch, [], [], remaining if pidfd is not None else min(remaining, 0.01))
-        for fd in ready:
-            if fd == pidfd:
-                continue
-            if not _read_into(fd, readers[fd]):
-                os.close(fd)
-                del readers[fd]
-        got, status_, usage = os.wait4(pid, os.WNOHANG)
+            return wait_status, rusage, True
+        _poll_pipes(readers, pidfd, remaining)
+        got, wait_status, rusage = os.wait4(pid, os.WNOHANG)
         if got == pid:
-            wait_status, rusage = status_, usage
-    duration = time.monotonic() - start
+            return wait_status, rusage, False
+
+
+def _watch(pid, readers, deadline):
+    """Collect the program's output until it exits or ``deadline``.
+
+    Returns ``(wait_status, rusage, timed_out, end)``, ``end`` the monotonic time it ended.
+    """
+    pidfd = _open_pidfd(pid)
+    wait_status, rusage, timed_out = _wait_for_exit(pid, pidfd, readers, deadline)
+    end = time.monotonic()
     if pidfd is not None:
         os.close(pidfd)
+    return wait_status, rusage, timed_out, end
 
+
+def _end_all_processes(readers):
+    """Kill every process left, then read the pipes to their end; False when some process survived."""
+    killed = _kill_everything()
     # Every writer is dead after this, so draining the pipes terminates.
-    clean = _kill_everything() and clean
     for fd, sink in list(readers.items()):
         os.set_blocking(fd, True)
         while _read_into(fd, sink):
             pass
         os.close(fd)
+    return killed
+
+
+def _exit_code(wait_status):
+    """The exit code of a wait status: the exit status, or minus the signal that killed it."""
+    if hasattr(os, "waitstatus_to_exitcode"):
+        return os.waitstatus_to_exitcode(wait_status)
+    return -os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else os.WEXITSTATUS(wait_status)
+
+
+def parse_report(data, token, pid):
+    """What the child wrote to the report pipe: ``(completed, memory_error)``. Pure.
+
+    ``completed``: the line ``<token> done <pid>`` from the program's own pid;
+    ``memory_error``: a ``<token> oom <pid>`` line (a ``MemoryError`` escaped the program).
+    """
+    marks = bytes(data).decode("ascii", errors="replace").split("\n")
+    completed = ("%s done %d" % (token, pid)) in marks
+    memory_error = any(line.startswith(token + " oom ") for line in marks)
+    return completed, memory_error
+
+
+def classify_status(exit_code, *, completed, timed_out, memory_error=False,
+                    oom_kills_before=None, oom_kills_after=None, cpu_limit=None, cpu_used=0.0):
+    """The job's status from what the worker saw; pure (no I/O), tested on the host.
+
+    ``exit_code``: the program's, negative for a signal; ``completed``: the end marker
+    arrived; ``timed_out``: the wall clock ran out; ``memory_error``: the child reported
+    a ``MemoryError``; ``oom_kills_before/after``: the cgroup OOM-kill counter around the
+    job (None: unreadable); ``cpu_limit``: the CPU rlimit in seconds (None/0: none);
+    ``cpu_used``: the child's user + system CPU seconds. First match wins: ``timeout``
+    (wall clock; SIGXCPU; SIGKILL at the CPU limit), ``passed`` (exit 0 and the
+    marker), ``oom``, else ``failed``. (``error``, the sandbox's fault, is not decided here.)
+    """
+    if timed_out:
+        return "timeout"
+    if exit_code == -signal.SIGXCPU or (cpu_limit and exit_code == -signal.SIGKILL and cpu_used >= cpu_limit):
+        return "timeout"
+    if exit_code == 0 and completed:
+        return "passed"  # ran to its end; a helper process it lost to the OOM killer is its own business
+    if memory_error or (oom_kills_before is not None and oom_kills_after is not None
+                        and oom_kills_after > oom_kills_before):
+        return "oom"
+    return "failed"
+
+
+def run_job(job):
+    """Run one program and return the result dict (status, exit code, output tails)."""
+    job_id = job.get("id")
+    timeout = float(job.get("timeout") or 10.0)
+    output_limit = int(job.get("output_limit") or 16384)
+    clean = _prepare_job_dir(job.get("code") or "")
+    token = secrets.token_hex(16)
+    pipes = (os.pipe(), os.pipe(), os.pipe())  # (read, write) for stdout, stderr, report
+    oom_before = _oom_kills()
+    pid, start = _fork(pipes)
+    if pid == 0:  # pragma: no cover - the child; from this frame, see _become_program
+        _become_program(job, token, pipes)
+    stdout, stderr, report = _Tail(output_limit), _Tail(output_limit), _Tail(4096)
+    readers = _nonblocking_readers(pipes, (stdout, stderr, report))
+    wait_status, rusage, timed_out, end = _watch(pid, readers, start + timeout)
+    clean = _end_all_processes(readers) and clean
     oom_after = _oom_kills()
 
-    exit_code = os.waitstatus_to_exitcode(wait_status) if hasattr(os, "waitstatus_to_exitcode") else (
-        -os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else os.WEXITSTATUS(wait_status)
-    )
-    marks = bytes(report.buf).decode("ascii", errors="replace").split("\n")
-    completed = ("%s done %d" % (token, pid)) in marks
-    out_of_memory = any(line.startswith(token + " oom ") for line in marks)
-    cpu_limit = (job.get("limits") or {}).get("cpu_s")
+    exit_code = _exit_code(wait_status)
+    completed, memory_error = parse_report(report.buf, token, pid)
     cpu_used = (rusage.ru_utime + rusage.ru_stime) if rusage is not None else 0.0
-
-    if timed_out:
-        status = "timeout"
-    elif exit_code == -signal.SIGXCPU or (cpu_limit and exit_code == -signal.SIGKILL and cpu_used >= cpu_limit):
-        status = "timeout"
-    elif exit_code == 0 and completed:
-        status = "passed"  # ran to its end; a helper process it lost to the OOM killer is its own business
-    elif out_of_memory or (oom_before is not None and oom_after is not None and oom_after > oom_before):
-        status = "oom"
-    else:
-        status = "failed"
-
-    clean = _wipe(WORK_ROOT) and all(_wipe(p) for p in EXTRA_WRITABLE) and clean
+    status = classify_status(
+        exit_code, completed=completed, timed_out=timed_out, memory_error=memory_error,
+        oom_kills_before=oom_before, oom_kills_after=oom_after,
+        cpu_limit=(job.get("limits") or {}).get("cpu_s"), cpu_used=cpu_used,
+    )
+    clean = _wipe_writable() and clean
     return {
-        "op": "result",
-        "id": job_id,
-        "status": status,
-        "exit_code": exit_code,
-        "duration_s": round(duration, 6),
-        "cpu_s": round(cpu_used, 6),
-        "stdout": stdout.text(),
-        "stderr": stderr.text(),
-        "healthy": bool(clean),
+        "op": "result", "id": job_id, "status": status, "exit_code": exit_code,
+        "duration_s": round(end - start, 6), "cpu_s": round(cpu_used, 6),
+        "stdout": stdout.text(), "stderr": stderr.text(), "healthy": bool(clean),
     }
+
+
+def _error_result(job_id, exc):
+    """The result for a job the worker itself failed on (``run_job`` raised): status ``error``. Pure."""
+    return {"op": "result", "id": job_id, "status": "error", "exit_code": None,
+            "duration_s": 0.0, "stdout": "", "stderr": "worker error: %r" % (exc,),
+            "healthy": False}
 
 
 def _send(obj):
@@ -613,9 +744,7 @@ def main(argv):
             result = run_job(job)
         except Exception as exc:  # noqa: BLE001 - report, let the host decide
             _kill_everything()
-            result = {"op": "result", "id": job.get("id"), "status": "error", "exit_code": None,
-                      "duration_s": 0.0, "stdout": "", "stderr": "worker error: %r" % (exc,),
-                      "healthy": False}
+            result = _error_result(job.get("id"), exc)
         _send(result)
     return 0
 
