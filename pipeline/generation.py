@@ -61,6 +61,11 @@ class GenerationConfig(StageConfig):
     )
     top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(default=512, ge=1, description="Most new tokens per completion.")
+    chat_reminder: str | None = Field(
+        default=None,
+        description="Chat mode: the line that follows the last query and restates the answer's form "
+        "(default: the step's own; '' for none). Small instruct models follow it more than the examples.",
+    )
     repetition_penalty: float = Field(
         default=1.0, gt=0,
         description="Above 1 discourages repeating tokens (1 = off, as published); helps small models that loop.",
@@ -125,7 +130,7 @@ class GenerationStage(MapStage):
         """The prompt showing ``examples`` and then ``row``'s query, in the configured mode."""
         query = self.query_row(row)
         if self.config.mode == "chat":
-            return self.task.chat_messages(examples, query)
+            return self.task.chat_messages(examples, query, self.config.chat_reminder)
         return self.task.completion_prompt(examples, query)
 
     # -- preflight ------------------------------------------------------------

@@ -122,15 +122,16 @@ class PromptTask(ABC):
         parts.append(self.query(row).rstrip())
         return "\n".join(parts) + "\n" + self.answer_header
 
-    def chat_messages(self, examples: list[FewShotExample], row: dict) -> list[dict]:
-        """The same task as chat turns for an instruct model."""
+    def chat_messages(self, examples: list[FewShotExample], row: dict, reminder: str | None = None) -> list[dict]:
+        """The same task as chat turns for an instruct model; ``reminder`` replaces the task's own reminder line."""
         messages = [{"role": "system", "content": self.preamble.strip()}]
         for example in examples:
             messages.append({"role": "user", "content": self.example_query(example).rstrip()})
             messages.append({"role": "assistant", "content": self.answer_header + self.example_answer(example).rstrip()})
         query = self.query(row).rstrip()
-        if self.chat_reminder:
-            query = f"{query}\n\n{self.chat_reminder}"
+        reminder = self.chat_reminder if reminder is None else reminder
+        if reminder:
+            query = f"{query}\n\n{reminder}"
         messages.append({"role": "user", "content": query})
         return messages
 

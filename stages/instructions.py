@@ -39,6 +39,10 @@ class InstructionTask(PromptTask):
     )
     answer_header = "### Instruction\n"
     extra_stop = ["\n### "]
+    chat_reminder = (
+        "Write only the instruction, as in the examples: the task as a programmer would be given it. "
+        "Do not solve it: no solution code, no explanation of one."
+    )
     min_chars = 20
 
     def query(self, row: dict) -> str:
@@ -82,6 +86,7 @@ class InstructionsStage(GenerationStage):
 
     name = "instructions"
     title = "An instruction written from each seed's concepts (C->I)"
+    version = "2"  # chat prompts end with a reminder to write the instruction only
     upstream = "concepts"
     Config = InstructionsConfig
     task = InstructionTask()

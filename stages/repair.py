@@ -160,7 +160,9 @@ class RepairStage(WholeStage):
         """The prompt (text, or chat turns) showing ``row``'s failure in round ``round_no``."""
         cfg = self.config
         examples = bank.sample(cfg.fewshot_k, self.seed, self.name, row["id"], round_no, max_chars=cfg.fewshot_max_chars)
-        return self.task.chat_messages(examples, row) if cfg.mode == "chat" else self.task.completion_prompt(examples, row)
+        if cfg.mode == "chat":
+            return self.task.chat_messages(examples, row, cfg.chat_reminder)
+        return self.task.completion_prompt(examples, row)
 
     def run(self, ctx) -> dict:
         """Pass the samples through, run the repair rounds, write everything with its round."""

@@ -107,6 +107,11 @@ def test_prompts_end_where_the_model_continues(bank_file):
     # the last turn restates the answer's format (instruct models drift from it), the examples do not
     assert messages[-1]["content"] == "### Instruction\nReverse a string.\n\n" + task.chat_reminder
     assert "### Tests" in task.chat_reminder and task.chat_reminder not in messages[1]["content"]
+    # a recipe's own reminder replaces the task's; an empty one leaves the query alone
+    mine = task.chat_messages(bank.examples[:1], {"instruction": "Reverse a string."}, "Three asserts.")
+    assert mine[-1]["content"] == "### Instruction\nReverse a string.\n\nThree asserts."
+    bare = task.chat_messages(bank.examples[:1], {"instruction": "Reverse a string."}, "")
+    assert bare[-1]["content"] == "### Instruction\nReverse a string."
 
 
 def test_bank_sampling_is_reproducible(bank_file):

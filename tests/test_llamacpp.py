@@ -209,6 +209,8 @@ def test_completions_follow_the_shared_sampling_rules(tiny_llamacpp):
     assert [len(g) for g in greedy] == [2, 2, 2]
     assert all(c.finish_reason == "length" for g in greedy for c in g)  # the tiny model never emits <eos>
     assert all(g[0].text == g[1].text for g in greedy)  # greedy: n copies of one answer
+    alone = tiny_llamacpp.generate(prompts, SamplingParams(n=1, max_tokens=12))
+    assert [a[0].text for a in alone] == [g[0].text for g in greedy]  # a copied prompt continues as a decoded one
     assert tiny_llamacpp.generate(prompts, SamplingParams(n=2, max_tokens=12)) == greedy
     sampled = SamplingParams(n=3, temperature=1.0, top_p=0.9, max_tokens=12, seed=7)
     first = tiny_llamacpp.generate(prompts, sampled)

@@ -10,7 +10,9 @@ speed comes from on a CPU (at one sequence, the weights' memory traffic
 dominates).
 
 * A request for ``n`` completions becomes ``n`` sequences; those admitted
-  together decode the prompt once and copy its KV cache to the others.
+  together decode the prompt once and copy its KV cache to the others. Each
+  sequence has a KV stream of its own (``ctx_per_slot`` cells), so a decode
+  step attends over each sequence's own cells rather than over every slot's.
 * Sampling per sequence, with the meaning the other backends give it:
   temperature 0 is greedy; otherwise temperature, then top-p, then a draw
   from a generator seeded with ``seed + i`` for the i-th completion (random
@@ -98,7 +100,7 @@ class LlamaCppEngine:
     """A GGUF model served to many sequences at once by one decoding thread."""
 
     def __init__(self, model_path: str, *, threads: int, slots: int, ctx_per_slot: int, n_batch: int = 512,
-                 repack: bool | None = None) -> None:
+                 repack: bool | None = None, shared_kv: bool = False) -> None:
         import llama_cpp as L
 
         self.L = L
@@ -119,7 +121,11 @@ class LlamaCppEngine:
         cparams.n_batch = cparams.n_ubatch = n_batch
         cparams.n_seq_max = slots
         cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.kv_unified = True  # one cache: a prompt decoded once can be copied to sibling sequences
+        # one KV stream per sequence: attention then reads a sequence's own cells, not every slot's (in one shared
+        # stream a decode step attends over all of them, masked, which doubled the cost of long answers here);
+        # a prompt decoded once is still copied to its sibling sequences, stream to stream
+        # (``shared_kv=True`` keeps the single shared stream, for comparison: benchmarks/generation.py --kv)
+        cparams.kv_unified = shared_kv
         self.ctx = L.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp cannot create a context for {model_path}")
