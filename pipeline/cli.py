@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.config import build_config_model, load_config
-from pipeline.errors import PipelineError
-from pipeline.processes import is_main_process
-from pipeline.progress import setup_logging
-from pipeline.stage import PlannedStage, Stage
-from pipeline.store import ensure_work_dir
-from pipeline.summary import run_summary
+from pipeline.framework.config import build_config_model, load_config
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.processes import is_main_process
+from pipeline.framework.progress import setup_logging
+from pipeline.framework.stage import PlannedStage, Stage
+from pipeline.framework.store import ensure_work_dir
+from pipeline.report.text import run_summary
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -125,7 +125,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             or args.report or args.preflight or args.score):
         parser.print_help()
         return 0
-    from pipeline.runner import Runner
+    from pipeline.framework.runner import Runner
 
     runner = None
     try:
@@ -168,7 +168,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
                 print(run_summary(runner.states()))
         publishing = args.publish or (config.hub.namespace and (args.stage or args.start or args.end))
         if (args.publish_dry_run or publishing) and is_main_process():
-            from pipeline.hub import publish
+            from pipeline.publishing.hub import publish
 
             built = [n for n in names if not isinstance(runner.entry(n), PlannedStage)]
             publish(runner, built, dry_run_dir=args.publish_dry_run)
@@ -207,7 +207,7 @@ def _score(args, config) -> int:
 
 def _preflight(runner, names: list[str]) -> bool:
     """Print the preflight table of ``names`` and one line per failure (on stderr); True when all passed."""
-    from pipeline.preflight import run_preflight
+    from pipeline.framework.preflight import run_preflight
 
     report = run_preflight(runner, names)
     print("preflight:")

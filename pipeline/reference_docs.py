@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config import model_of
+from pipeline.framework.config import model_of
 from pydantic_core import PydanticUndefined
 
 
@@ -19,7 +19,7 @@ def _type_name(annotation: Any) -> str:
     """A short readable name for a field's type."""
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation)
-    for noise in ("typing.", "pathlib.", "pipeline.config.", "NoneType"):
+    for noise in ("typing.", "pathlib.", "pipeline.framework.config.", "NoneType"):
         text = text.replace(noise, "None" if noise == "NoneType" else "")
     return text.replace("<class '", "").replace("'>", "")
 
@@ -94,7 +94,7 @@ def render_stages(registry: list) -> str:
     import inspect
     import sys
 
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.stage import PlannedStage
 
     lines = ["# Stages", "", "Generated from the stage classes by `python -m pipeline.reference_docs`.", ""]
     for entry in registry:
@@ -120,8 +120,8 @@ def render_stages(registry: list) -> str:
 def generated_docs() -> dict[str, str]:
     """File name under docs/ -> its generated text."""
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     model = build_config_model(

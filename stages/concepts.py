@@ -12,10 +12,10 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.fewshot import FewShotExample
-from pipeline.generation import GenerationConfig, GenerationStage
-from pipeline.ids import stable_id
-from pipeline.prompting import ParseFailure, PromptTask, section
+from pipeline.framework.ids import stable_id
+from pipeline.generation.fewshot import FewShotExample
+from pipeline.generation.prompting import ParseFailure, PromptTask, section
+from pipeline.generation.stage import GenerationConfig, GenerationStage
 
 MAX_CONCEPTS = 12
 

@@ -43,17 +43,17 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import StageConfig
-from pipeline.contamination import BenchmarkFile, benchmark_index
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.near_dedup import NearDedupSettings, near_dedup
-from pipeline.preference_pairs import assistant_answer
-from pipeline.progress import progress
-from pipeline.sanitize import SanitizeSettings, banned_phrase, defined_names, too_many_words
-from pipeline.prompting import python_blocks
-from pipeline.stage import WholeStage
-from stages.repair import SAMPLE_COLUMNS
+from pipeline.decontamination.index import BenchmarkFile, benchmark_index
+from pipeline.dedup.near_dedup import NearDedupSettings, near_dedup
+from pipeline.dedup.sanitize import SanitizeSettings, banned_phrase, defined_names, too_many_words
+from pipeline.execution.samples import SAMPLE_COLUMNS
+from pipeline.framework.config import StageConfig
+from pipeline.framework.ids import stable_id
+from pipeline.framework.map_runner import manifest_fields
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import WholeStage
+from pipeline.generation.prompting import python_blocks
+from pipeline.training.pairs import assistant_answer
 
 PLACEHOLDER = re.compile(r"\bTODO\b|your code (goes )?here|NotImplementedError", re.IGNORECASE)
 ASSERTION = re.compile(r"\bassert\b|\.assert[A-Z]\w*\(")

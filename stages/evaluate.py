@@ -34,15 +34,15 @@ from pipeline.benchmarks.harness import Answer, Harness, TimeLimits
 from pipeline.benchmarks.settings import EvaluateConfig
 from pipeline.benchmarks.source import BenchmarkSource
 from pipeline.benchmarks.summary import EvaluationReport, judged_comparison
-from pipeline.errors import PipelineError
-from pipeline.execution import SandboxSession, sandbox_preflight
-from pipeline.generation import row_seed
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.preflight import FAIL, WARN, Check, RowEstimate
-from pipeline.progress import progress
-from pipeline.stage import WholeStage
-from pipeline.store import StageStore
+from pipeline.execution.verdicts import SandboxSession, sandbox_preflight
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.ids import stable_id
+from pipeline.framework.map_runner import manifest_fields
+from pipeline.framework.preflight import FAIL, WARN, Check, RowEstimate
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import WholeStage
+from pipeline.framework.store import StageStore
+from pipeline.generation.stage import row_seed
 
 
 class EvaluateStage(WholeStage):
@@ -93,7 +93,7 @@ class EvaluateStage(WholeStage):
                    for s in specs]
         finetune = ctx.stage_store(self.upstream)
         if override is None:
-            from pipeline.inputs import StoreSource
+            from pipeline.framework.inputs import StoreSource
 
             digest = StoreSource(finetune).digest()
         else:
@@ -134,7 +134,7 @@ class EvaluateStage(WholeStage):
         base model's (its entry's settings applied). A benchmark that would be
         downloaded when the stage runs is a warning, its prompts unchecked.
         """
-        from pipeline.prompt_budget import prompt_checks
+        from pipeline.generation.budget import prompt_checks
 
         checks = sandbox_preflight(self.name, f"stages.{self.name}.sandbox", self.config.sandbox)
         benches, cache = [], Path(self.run_config.work_dir) / "cache"

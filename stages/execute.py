@@ -1,7 +1,7 @@
 """execute: every response runs with its own tests in the Docker sandbox.
 
 The program for a response is its fenced Python blocks, in order, then a
-blank line, then its tests block (see ``pipeline.execution.build_program``).
+blank line, then its tests block (see ``pipeline.execution.verdicts.build_program``).
 A ``if __name__ == "__main__":`` block that reads standard input is left out,
 as in the published filter (``drop_stdin_main``; the sandbox has no input).
 Programs run in a pool of long-lived, locked-down containers (no network,
@@ -25,10 +25,10 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import StageConfig
-from pipeline.execution import SandboxSession, build_program, sandbox_preflight
-from pipeline.progress import progress
-from pipeline.stage import BatchResult, MapStage
+from pipeline.execution.verdicts import SandboxSession, build_program, sandbox_preflight
+from pipeline.framework.config import StageConfig
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import BatchResult, MapStage
 from sandbox import SandboxConfig
 
 CARRIED = ("seed_id", "instruction_id", "instruction", "response", "tests")

@@ -54,13 +54,13 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import not_fingerprinted
 from pipeline.conversations import ConversationSource, ConversationsConfig
-from pipeline.errors import PipelineError
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.stage import WholeStage
-from pipeline.processes import is_main_process, world_size
+from pipeline.framework.config import not_fingerprinted
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.ids import stable_id
+from pipeline.framework.map_runner import manifest_fields
+from pipeline.framework.processes import is_main_process, world_size
+from pipeline.framework.stage import WholeStage
 from pipeline.training import layouts, memory
 from pipeline.training.adapter_options import AdapterOptions
 from pipeline.training.data import (
@@ -253,11 +253,11 @@ class FinetuneStage(WholeStage):
     # -- preflight ---------------------------------------------------------------
     def preflight_checks(self, ctx) -> list:
         """The memory fit on the configured device (no weights loaded), and the Hub repository when pushing."""
-        from pipeline.preflight import FAIL, Check
+        from pipeline.framework.preflight import FAIL, Check
 
         checks = [self.memory_check()]
         if self.config.push_to_hub:
-            from pipeline.training.publish import model_repo_id
+            from pipeline.publishing.model import model_repo_id
 
             try:
                 checks.append(Check(self.name, "model repository", model_repo_id(self.hub_config, self.config.hub_model_name),
@@ -269,8 +269,8 @@ class FinetuneStage(WholeStage):
 
     def memory_check(self):
         """Full fine-tuning's estimated memory against ``device_memory_gib``, else this machine's device."""
+        from pipeline.framework.preflight import FAIL, INFO, OK, WARN, Check
         from pipeline.llm.models import gguf_cache_path, is_gguf, resolve_model
-        from pipeline.preflight import FAIL, INFO, OK, WARN, Check
 
         cfg = self.config
         name = self.model_name()
@@ -410,7 +410,7 @@ class FinetuneStage(WholeStage):
         cfg = self.config
         store = ctx.store
         if cfg.push_to_hub:
-            from pipeline.training.publish import model_repo_id
+            from pipeline.publishing.model import model_repo_id
 
             model_repo_id(self.hub_config, cfg.hub_model_name)  # fail now, not after hours of training
         model_dir = resolve_model_dir(self.model_name(), self.cache_dir())
@@ -449,7 +449,7 @@ class FinetuneStage(WholeStage):
 
             trainer = dpo_trainer(model, args, [row for row, enc in encoded if enc.kept], tokenizer)
         elif self.reinforced:
-            from pipeline.execution import SandboxSession
+            from pipeline.execution.verdicts import SandboxSession
             from pipeline.training.rewards import SandboxReward, grpo_trainer
 
             session = SandboxSession(cfg.grpo.sandbox, self.run_config.work_dir).open()
@@ -479,7 +479,7 @@ class FinetuneStage(WholeStage):
             return {}
         repo = None
         if cfg.push_to_hub:
-            from pipeline.training.publish import push_model
+            from pipeline.publishing.model import push_model
 
             repo = push_model(self.hub_config, out, cfg.hub_model_name)
         facts = {"objective": cfg.objective, "base_model": self.model_name(), "resolved_from": model_dir,

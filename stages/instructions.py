@@ -15,10 +15,10 @@ import random
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline.fewshot import Category, Difficulty, FewShotExample
-from pipeline.generation import GenerationConfig, GenerationStage
-from pipeline.ids import stable_id
-from pipeline.prompting import ParseFailure, PromptTask, section
+from pipeline.framework.ids import stable_id
+from pipeline.generation.fewshot import Category, Difficulty, FewShotExample
+from pipeline.generation.prompting import ParseFailure, PromptTask, section
+from pipeline.generation.stage import GenerationConfig, GenerationStage
 
 
 def _properties(category: str, difficulty: str, language: str = "Python") -> str:

@@ -24,12 +24,12 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import StageConfig
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.preference_pairs import DEFAULT_REJECTED, group_by_instruction, pair_instruction
-from pipeline.progress import progress
-from pipeline.stage import WholeStage
+from pipeline.framework.config import StageConfig
+from pipeline.framework.ids import stable_id
+from pipeline.framework.map_runner import manifest_fields
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import WholeStage
+from pipeline.training.pairs import DEFAULT_REJECTED, group_by_instruction, pair_instruction
 
 PART_ROWS = 10_000
 MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])

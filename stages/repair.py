@@ -30,30 +30,23 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.errors import PipelineError
-from pipeline.execution import SandboxSession, build_program, sandbox_preflight
-from pipeline.fewshot import load_bank
-from pipeline.generation import GenerationConfig, ask
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.preference_pairs import group_by_instruction, seeded_order
-from pipeline.progress import progress
-from pipeline.prompting import ParseFailure, answer_with_tests, section
-from pipeline.stage import WholeStage
+from pipeline.execution.samples import SAMPLE_COLUMNS
+from pipeline.execution.verdicts import SandboxSession, build_program, sandbox_preflight
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.ids import stable_id
+from pipeline.framework.map_runner import manifest_fields
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import WholeStage
+from pipeline.generation.fewshot import load_bank
+from pipeline.generation.prompting import ParseFailure, answer_with_tests, section
+from pipeline.generation.responses import ResponseTask
+from pipeline.generation.stage import GenerationConfig, ask
+from pipeline.training.pairs import group_by_instruction, seeded_order
 from sandbox import SandboxConfig
-from stages.responses import ResponseTask
 
 PART_ROWS = 10_000
 REPAIRABLE = ("failed", "timeout", "oom")
 VERDICT = ("status", "passed", "exit_code", "duration_s", "stdout", "stderr", "program_hash")
-#: The first columns of a sample row, as this stage writes them and the dedup stage keeps them.
-SAMPLE_COLUMNS = {
-    "id": (pa.string(), "the sample id"),
-    "seed_id": (pa.string(), "the seed this row comes from"),
-    "instruction_id": (pa.string(), "the instruction answered"),
-    "instruction": (pa.string(), "the instruction"),
-    "response": (pa.string(), "the response"),
-}
 
 
 class RepairTask(ResponseTask):
@@ -138,7 +131,7 @@ class RepairStage(WholeStage):
         """With rounds to run: the sandbox answers, and the longest repair prompts fit the model's context."""
         if not self.config.rounds:
             return []
-        from pipeline.prompt_budget import prompt_checks
+        from pipeline.generation.budget import prompt_checks
 
         cfg = self.config
         rows = [r for r in ctx.sample_rows(self.upstream, ["instruction", "response", "tests", "stderr", "stdout", "status", "id"],

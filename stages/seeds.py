@@ -44,18 +44,18 @@ from typing import Callable, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_files
-from pipeline.config import StageConfig, StrictModel
-from pipeline.contamination import BenchmarkFile, BenchmarkIndex, benchmark_index
-from pipeline.docstring_judge import JudgeSettings, judge_docstrings, judge_preflight
-from pipeline.errors import InputError, PipelineError
-from pipeline.ids import stable_id
-from pipeline.inputs import DATA_SUFFIXES, InputSource
-from pipeline.near_dedup import NearDedupSettings, near_dedup
-from pipeline.preflight import Check, PreflightContext, RowEstimate
-from pipeline.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
-from pipeline.stage import BatchResult, MapStage
-from pipeline.typecheck import TypecheckError, function_has_type_errors, typecheck_sources
+from pipeline.analysis.code_files import LocalCodeFiles, hub_files, stdlib_dir, table_files
+from pipeline.analysis.pysource import FunctionInfo, UnparsableSource, extract_functions, has_todo_marker
+from pipeline.analysis.typecheck import TypecheckError, function_has_type_errors, typecheck_sources
+from pipeline.decontamination.index import BenchmarkFile, BenchmarkIndex, benchmark_index
+from pipeline.dedup.near_dedup import NearDedupSettings, near_dedup
+from pipeline.framework.config import StageConfig, StrictModel
+from pipeline.framework.errors import InputError, PipelineError
+from pipeline.framework.ids import stable_id
+from pipeline.framework.inputs import DATA_SUFFIXES, InputSource
+from pipeline.framework.preflight import Check, PreflightContext, RowEstimate
+from pipeline.framework.stage import BatchResult, MapStage
+from pipeline.generation.docstring_judge import JudgeSettings, judge_docstrings, judge_preflight
 
 FilterName = Literal[
     "returns_value", "no_todo", "no_banned_imports", "max_lines", "has_arguments", "self_contained",

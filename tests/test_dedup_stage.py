@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from pipeline.contamination import load_humaneval
+from pipeline.benchmarks.humaneval import load_humaneval
 from tests.conftest import run_stage_on_rows
 
 CODE = "```python\ndef {name}(values):\n    total = 0\n    for v in values:\n        total += v * {k}\n    return total\n```"

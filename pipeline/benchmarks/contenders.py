@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 
 BASE, FINETUNED = "base", "finetuned"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pipeline.benchmarks.differential import differential_suite
 from pipeline.benchmarks.problems import Problem
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 
 REQUIRED = {
     "evalplus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input"),

@@ -91,7 +91,7 @@ class Scored:
 
 
 class Harness:
-    """Scores answers to a benchmark's problems in an open :class:`pipeline.execution.SandboxSession`."""
+    """Scores answers to a benchmark's problems in an open :class:`pipeline.execution.verdicts.SandboxSession`."""
 
     def __init__(self, session, limits: TimeLimits | None = None):
         self.session = session

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from pipeline.benchmarks.contenders import BASE, FINETUNED, ModelEntry
 from pipeline.benchmarks.judge import JudgeConfig
-from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.framework.config import StageConfig, not_fingerprinted
 from sandbox import SandboxConfig
 
 

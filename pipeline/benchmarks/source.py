@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from pipeline.benchmarks.problems import Benchmark
-from pipeline.inputs import InputSource
+from pipeline.framework.inputs import InputSource
 
 
 class BenchmarkSource(InputSource):

@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 from pipeline.training.formats import (
     ChatFormat,
     check_messages,
