@@ -11,13 +11,9 @@ import pytest
 
 from pipeline.analysis.pysource import UnparsableSource, extract_functions
 from pipeline.benchmarks.humaneval import load_humaneval
-from pipeline.decontamination.index import (
-    BenchmarkEntry,
-    BenchmarkIndex,
-    humaneval_entries,
-    jsonl_entries,
-    normalize_whitespace,
-)
+from pipeline.decontamination.entries import BenchmarkEntry, humaneval_entries, jsonl_entries
+from pipeline.decontamination.index import BenchmarkIndex
+from pipeline.framework.text import normalize_whitespace
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from pipeline.cli import _model_config_class
 from pipeline.execution.verdicts import SandboxSession
 from pipeline.framework.config import StageConfig, build_config_model, load_config
 from pipeline.framework.errors import ConfigError, PipelineError
-from pipeline.framework.map_runner import manifest_fields
 from pipeline.framework.runner import DONE, STALE, Runner
 from pipeline.framework.stage import WholeStage
 from pipeline.llm import Backend, Completion
@@ -292,7 +291,7 @@ class FakeFinetune(WholeStage):
     def run(self, ctx):
         row = {"id": "model", "model_dir": self.config.model_dir}
         ctx.store.write_batch("model", [row], self.output_schema(), [], ["model"])
-        return {**manifest_fields(ctx.store.commit_log()), "model_dir": self.config.model_dir}
+        return {**ctx.store.commit_log().manifest_fields(), "model_dir": self.config.model_dir}
 
 
 def make_runner(tmp_path, evaluate_stage, model: str, model_dir: str, work: str = "work", model_batch: int = 8,

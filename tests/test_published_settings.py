@@ -280,7 +280,8 @@ def _write_fixtures(tmp_path):
 
 def test_benchmark_loaders_read_local_files_in_the_hub_layouts(tmp_path):
     from pipeline.decontamination.benchmark_data import load_benchmark
-    from pipeline.decontamination.index import BenchmarkFile, BenchmarkIndex, benchmark_index
+    from pipeline.decontamination.index import BenchmarkIndex
+    from pipeline.decontamination.sources import BenchmarkFile, benchmark_index
 
     mbpp, ds1000 = _write_fixtures(tmp_path)
     [m] = load_benchmark("mbpp", mbpp)
@@ -342,6 +343,7 @@ def test_finetune_uses_the_released_starcoder2_instruct_format_and_no_clipping(t
 
     from pipeline.training.data import IGNORE, ConversationEncoder
     from pipeline.training.formats import STARCODER2_INSTRUCT_SYSTEM
+    from pipeline.training.trainers import training_arguments
     from stages.finetune import FinetuneConfig, FinetuneStage
 
     recipe = paper_recipe()
@@ -360,6 +362,6 @@ def test_finetune_uses_the_released_starcoder2_instruct_format_and_no_clipping(t
     assert tokenizer.decode(answer) == "def add(a, b): ..." + tokenizer.eos_token
     recipe.run.work_dir = tmp_path
     stage = FinetuneStage(FinetuneConfig(), recipe)
-    assert stage.training_arguments(tmp_path, bf16=False, cuda=False).max_grad_norm == 0.0
+    assert training_arguments(stage.config, tmp_path, False, False, stage.seed).max_grad_norm == 0.0
     clipped = FinetuneStage(FinetuneConfig(max_grad_norm=1.0), recipe)
-    assert clipped.training_arguments(tmp_path, bf16=False, cuda=False).max_grad_norm == 1.0
+    assert training_arguments(clipped.config, tmp_path, False, False, clipped.seed).max_grad_norm == 1.0

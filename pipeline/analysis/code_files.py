@@ -2,7 +2,8 @@
 Parquet/JSONL tables of files, and Hub datasets of files (The Stack).
 
 Every source yields rows ``{"id", "path", "content"}`` in a fixed order; the id
-is derived from the path and the content.
+is derived from the path and the content. :class:`SourceConfig` is the seeds
+stage's ``source`` section, and :func:`corpus_source` the source it names.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import hashlib
 import importlib.util
 import sysconfig
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
+from pydantic import Field
+
+from pipeline.framework.config import StrictModel
 from pipeline.framework.errors import InputError
 from pipeline.framework.ids import stable_id
-from pipeline.framework.inputs import FileSource, HubSource, InputSource
+from pipeline.framework.inputs import DATA_SUFFIXES, FileSource, HubSource, InputSource
 
 
 def read_python_file(path: Path) -> str:
@@ -126,3 +130,55 @@ def hub_files(
     """Files streamed from a Hub dataset such as The Stack (needs Hub access and, for gated sets, a token)."""
     spec = dataset + (f"@{revision}" if revision else "") + f":{split}"
     return TableCodeFiles(HubSource(spec, data_dir), content_column, path_column, max_files)
+
+
+class SourceConfig(StrictModel):
+    """Where the code files come from."""
+
+    kind: Literal["stdlib", "local", "files", "hub"] = Field(
+        default="stdlib",
+        description="stdlib: this interpreter's standard library; local: folders of .py files (paths); "
+        "files: Parquet/JSONL tables of files (paths); hub: a Hub dataset streamed with datasets.",
+    )
+    paths: list[Path] = Field(default_factory=list, description="Folders or files for kind local/files.")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["site-packages/*", "*/site-packages/*"],
+        description="Glob patterns (relative paths) of .py files to skip, for kind stdlib/local.",
+    )
+    dataset: str = Field(
+        default="bigcode/the-stack-dedup", description="Hub dataset id, for kind hub (The Stack v1 deduplicated, as published)."
+    )
+    data_dir: str | None = Field(default="data/python", description="Folder inside the Hub dataset.")
+    split: str = Field(default="train", description="Split of the Hub dataset.")
+    revision: str | None = Field(default=None, description="Revision (commit/tag) of the Hub dataset.")
+    content_column: str = Field(default="content", description="Column holding the file text (files/hub).")
+    path_column: str | None = Field(
+        default="max_stars_repo_path", description="Column holding the file path (files/hub), if any."
+    )
+    max_files: int | None = Field(default=None, gt=0, description="Read at most this many files.")
+
+
+def corpus_source(src: SourceConfig, override: str | None = None) -> InputSource:
+    """The corpus ``src`` configures, or ``override`` (``--input``: a folder of .py files, or tables of files)."""
+    if override is not None:
+        path = Path(override)
+        if not path.exists():
+            raise InputError(f"--input {override}: no such file or folder")
+        if path.is_file() and path.suffix in DATA_SUFFIXES or (
+            path.is_dir() and any(p.suffix in DATA_SUFFIXES for p in path.rglob("*"))
+        ):
+            return table_files(path, src.content_column, src.path_column, src.max_files)
+        return LocalCodeFiles([path], src.exclude, src.max_files)
+    if src.kind == "stdlib":
+        return LocalCodeFiles([stdlib_dir()], src.exclude, src.max_files, label=f"Python stdlib {stdlib_dir()}")
+    if src.kind == "local":
+        if not src.paths:
+            raise InputError("stages.seeds.source.paths: give at least one folder for kind local")
+        return LocalCodeFiles(src.paths, src.exclude, src.max_files)
+    if src.kind == "files":
+        if len(src.paths) != 1:
+            raise InputError("stages.seeds.source.paths: give exactly one file or folder for kind files")
+        return table_files(src.paths[0], src.content_column, src.path_column, src.max_files)
+    return hub_files(
+        src.dataset, src.data_dir, src.split, src.revision, src.content_column, src.path_column, src.max_files
+    )

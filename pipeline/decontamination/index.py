@@ -29,129 +29,14 @@ every text before any substring search.
 
 from __future__ import annotations
 
-import ast
-import gzip
-import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from pipeline.benchmarks.humaneval import load_humaneval
-
-__all__ = [
-    "BenchmarkEntry",
-    "BenchmarkFile",
-    "BenchmarkIndex",
-    "humaneval_entries",
-    "jsonl_entries",
-    "normalize_whitespace",
-]
+from pipeline.decontamination.entries import BenchmarkEntry, humaneval_entries, jsonl_entries
+from pipeline.framework.text import normalize_whitespace
 
 DEFAULT_MIN_CHARS = 50
-
-
-def normalize_whitespace(text: str) -> str:
-    """Collapse every run of whitespace to a single space and strip both ends."""
-    return " ".join(text.split())
-
-
-@dataclass(frozen=True)
-class BenchmarkEntry:
-    """One benchmark problem as seen by the index.
-
-    Fields: task_id (e.g. ``"HumanEval/0"``, ``"mbpp/11"``); needles, raw texts
-    whose presence in a text means contamination; haystack, the whole problem,
-    whose containing a text means contamination.
-    """
-
-    task_id: str
-    needles: tuple[str, ...]
-    haystack: str
-
-
-def _humaneval_needles(problem: dict) -> list[str]:
-    prompt: str = problem["prompt"]
-    solution: str = problem["canonical_solution"]
-    entry: str = problem["entry_point"]
-    needles = [solution]
-    match = re.search(rf"^(?:async\s+)?def\s+{re.escape(entry)}\s*\(", prompt, re.MULTILINE)
-    needles.append(prompt[match.start() :] if match else prompt)
-    try:
-        tree = ast.parse(prompt)
-    except SyntaxError:
-        return needles
-    lines = prompt.split("\n")
-    for node in tree.body:
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        if node.name == entry:
-            doc = ast.get_docstring(node, clean=False)
-            if doc:
-                needles.append(doc)
-        else:  # a helper given in full, e.g. is_palindrome in HumanEval/10
-            start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
-            needles.append("\n".join(lines[start - 1 : node.end_lineno]))
-    return needles
-
-
-def humaneval_entries(problems: Iterable[dict] | None = None) -> list[BenchmarkEntry]:
-    """Build index entries from HumanEval problems (default: `load_humaneval()`)."""
-    out = []
-    for problem in load_humaneval() if problems is None else problems:
-        out.append(
-            BenchmarkEntry(
-                task_id=str(problem["task_id"]),
-                needles=tuple(_humaneval_needles(problem)),
-                haystack=problem["prompt"] + "\n" + problem["canonical_solution"],
-            )
-        )
-    return out
-
-
-def _field_text(value: object) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return "\n".join(value)
-    return None
-
-
-def jsonl_entries(
-    path: str | Path,
-    fields: Sequence[str],
-    *,
-    id_field: str = "task_id",
-    name: str | None = None,
-) -> list[BenchmarkEntry]:
-    """Build index entries from a JSONL benchmark file (optionally ``.gz``).
-
-    Each line's `fields` (strings, or lists of strings joined by newlines;
-    missing fields are skipped) are needles, and joined form the haystack.
-    The task id is ``"<name>/<line[id_field]>"`` (name defaults to the file
-    stem; the line number stands in when `id_field` is absent), e.g. for
-    MBPP: ``jsonl_entries("mbpp.jsonl", ["text", "code"], name="mbpp")``.
-    """
-    path = Path(path)
-    prefix = name or path.name.split(".")[0]
-    opener = gzip.open if path.suffix == ".gz" else open
-    out = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            texts = [t for t in (_field_text(row.get(f)) for f in fields) if t]
-            if not texts:
-                continue
-            ident = row.get(id_field, lineno)
-            task_id = ident if isinstance(ident, str) and "/" in ident else f"{prefix}/{ident}"
-            out.append(BenchmarkEntry(task_id=task_id, needles=tuple(texts), haystack="\n".join(texts)))
-    return out
 
 
 class BenchmarkIndex:
@@ -246,36 +131,3 @@ class BenchmarkIndex:
             if norm in hay:
                 return task_id
         return None
-
-
-class BenchmarkFile(BaseModel):
-    """A benchmark to decontaminate against (config): a local file, in a known benchmark's format or by fields."""
-
-    model_config = ConfigDict(extra="forbid")
-    path: Path = Field(description="JSONL (optionally .gz), JSON or Parquet file of benchmark problems.")
-    format: Literal["fields", "mbpp", "ds1000", "humaneval"] = Field(
-        default="fields",
-        description="fields: the listed fields hold prompts/solutions (JSONL); mbpp, ds1000, humaneval: a copy of "
-        "that benchmark in its Hub layout (fields ignored).",
-    )
-    fields: list[str] = Field(
-        default_factory=lambda: ["prompt", "text", "code"], description="Fields holding prompts or solutions."
-    )
-
-
-def benchmark_index(files: Sequence[BenchmarkFile] = (), builtin: Sequence[str] = ()) -> BenchmarkIndex:
-    """HumanEval (built in), the ``builtin`` benchmarks from the Hub (e.g. mbpp, ds1000) and the listed files."""
-    from pipeline.decontamination.benchmark_data import load_benchmark
-    from pipeline.framework.errors import ConfigError
-
-    entries = humaneval_entries()
-    for name in builtin:
-        entries.extend(load_benchmark(name))
-    for file in files:
-        if not Path(file.path).is_file():
-            raise ConfigError(f"benchmark file {file.path} does not exist")
-        if file.format == "fields":
-            entries.extend(jsonl_entries(file.path, file.fields))
-        else:
-            entries.extend(load_benchmark(file.format, file.path))
-    return BenchmarkIndex(entries)

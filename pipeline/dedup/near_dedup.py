@@ -31,7 +31,6 @@ signatures can be compared with sketches built elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.dedup.minhash import EMPTY_HASH, minhash_signatures
+from pipeline.framework.ids import seeded_rank
 
 __all__ = [
     "NearDedupConfig",
@@ -179,7 +179,7 @@ def near_duplicate_clusters(
 def representative(ids: Sequence[str], members: Sequence[int], seed: int) -> int:
     """The member of a cluster to keep: the index whose id has the smallest
     ``sha256(f"{seed}:{id}")`` (a seeded, order-independent choice)."""
-    return min(members, key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest())
+    return min(members, key=lambda i: seeded_rank(seed, ids[i]))
 
 
 def dedup_signatures(ids: Sequence[str], signatures: np.ndarray, config: NearDedupConfig | None = None) -> NearDedupResult:

@@ -34,6 +34,16 @@ VERDICT_LIMITS = (
     "file_size_mb", "open_files", "output_limit_kb", "user", "image",
 )
 
+
+
+def settings_without_verdict(section: str = "sandbox") -> tuple[str, ...]:
+    """Dotted config paths of the sandbox settings outside :data:`VERDICT_LIMITS` (how many containers, where
+    the engine is, how the image is built): they change no verdict, so a stage leaves them out of its fingerprint."""
+    from sandbox import SandboxConfig
+
+    return tuple(f"{section}.{name}" for name in SandboxConfig.model_fields if name not in VERDICT_LIMITS)
+
+
 #: The status of a verdict about the sandbox rather than the program: never cached, retried on the next run.
 SANDBOX_FAULT = "error"
 

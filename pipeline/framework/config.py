@@ -160,6 +160,12 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
+def first_problem(exc: ValidationError) -> str:
+    """``key.path: message`` of a validation error's first problem (for sections validated on their own)."""
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
 def _describe_error(err: dict, model: type[BaseModel]) -> str:
     """One readable line for one pydantic error: what was wrong at which key and what was expected."""
     path = ".".join(str(p) for p in err["loc"])

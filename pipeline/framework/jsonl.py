@@ -1,12 +1,14 @@
 """Reading JSONL files: one JSON object per line, with one-line errors naming file, line and column.
 
-Every reader of a user's JSONL file (``--input``, a judge's requests, an answers
-file to score) goes through :func:`jsonl_records`, so a broken line reads the
-same everywhere; each caller then checks the fields it needs itself.
+Every reader of a JSONL file (``--input``, a judge's requests, an answers file
+to score, a benchmark, HumanEval itself) goes through :func:`jsonl_records`, so
+a broken line reads the same everywhere; each caller then checks the fields it
+needs itself. A file whose name ends in ``.gz`` is read through gzip.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,13 +17,14 @@ from pipeline.framework.errors import InputError
 
 
 def jsonl_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a UTF-8 JSONL file.
+    """(line number, object) for each non-blank line of a UTF-8 JSONL file (gzip-compressed when named ``*.gz``).
 
     A leading byte-order mark is ignored. A line that is not UTF-8, not JSON or
     not a JSON object raises :class:`InputError` naming the file and line (and
     the column, for the first two).
     """
-    with open(path, "rb") as fh:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")

@@ -21,7 +21,6 @@ from pipeline.framework.ids import stable_id
 from pipeline.framework.inputs import InputSource
 from pipeline.framework.progress import progress
 from pipeline.framework.stage import MapStage
-from pipeline.framework.store import CommitLog
 
 LIMIT_REASON = "over_limit"
 DUPLICATE_REASON = "duplicate_input_id"
@@ -136,21 +135,7 @@ def finish_map_stage(stage: MapStage, ctx: StageContext) -> dict:
     dropped = store.apply_drop_plan(lambda: stage.whole_output_drops(store), keep_dropped=keep_dropped)
     if dropped:
         stage.log.info("%s: %d rows dropped by whole-output filters", stage.name, dropped)
-    return manifest_fields(store.commit_log())
-
-
-def manifest_fields(log: CommitLog) -> dict:
-    """The counting part of a manifest, summed from the committed parts."""
-    stats = Counter(log.stats)
-    batch_seconds = stats.pop("batch_seconds_x1000", 0) / 1000
-    return {
-        "rows_in": len(log.input_ids),
-        "rows_out": log.rows,
-        "dropped": dict(sorted(log.dropped.items())),
-        "stats": dict(sorted(stats.items())),
-        "parts": log.parts,
-        "batch_seconds": round(batch_seconds, 3),
-    }
+    return store.commit_log().manifest_fields()
 
 
 def elapsed_since(start: float) -> float:

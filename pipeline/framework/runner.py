@@ -11,12 +11,13 @@ but no manifest is *interrupted* and resumes; any other finished stage is
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
 from datetime import datetime
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pipeline.framework.config import fingerprint_view
 from pipeline.framework.context import StageContext
@@ -158,6 +159,41 @@ class Runner:
             if stage.input_source(ctx, spec).digest() != source.get("digest"):
                 return "its input changed"
         return None
+
+    # -- prompts -------------------------------------------------------------
+    def rendered_prompt(self, name: str, row: str | None = None,
+                        input_override: str | None = None) -> tuple[dict, str, str | list[dict]]:
+        """What stage ``name`` would send the model for one row, rendered without loading a model.
+
+        The row is picked from the stage's input in the work dir (or ``--input``) by id, else by position
+        (``row`` an index; default: the first); when that holds no rows, the stage's stand-ins (bank examples)
+        are picked from instead. Returns ``(row, where it came from, prompt)``.
+        """
+        stage = self.stage(name)
+        if type(stage).show_prompt is Stage.show_prompt:
+            raise PipelineError(f"stage {name} prompts no model; --show-prompt works for: "
+                                f"{', '.join(self.prompting_stages())}")
+        ctx = StageContext(self.config, name, stage.reads_from(), executor=None, input_override=input_override)
+        try:
+            ctx.source = stage.input_source(ctx, input_override)
+            rows = stage.prompt_rows(ctx)
+            where = ctx.source.description
+            first = next(rows, None)
+        except PipelineError:
+            first = None
+        if first is None:
+            rows, where = iter(stage.stand_in_rows()), "stand-ins: the work dir holds no input rows for it yet"
+            first = next(rows, None)
+        picked = _pick(itertools.chain([first], rows) if first is not None else iter(()), row)
+        if picked is None:
+            raise PipelineError(f"stage {name}: no input row {row!r} to render a prompt for ({where})" if row
+                                else f"stage {name}: no input row to render a prompt for ({where})")
+        return picked, where, stage.show_prompt(picked)
+
+    def prompting_stages(self) -> list[str]:
+        """The built stages that render prompts for ``--show-prompt``."""
+        return [name for name in self.order if not isinstance(self.by_name[name], PlannedStage)
+                and self.by_name[name].show_prompt is not Stage.show_prompt]
 
     # -- selection -----------------------------------------------------------
     def select(self, stage: str | None, start: str | None, end: str | None) -> list[str]:
@@ -343,6 +379,18 @@ class Runner:
         for line in stage_summary(manifest, store.dir).splitlines():
             log.info(line)
         return manifest
+
+
+def _pick(rows: Iterator[dict], key: str | None) -> dict | None:
+    """The row whose id is ``key``, else the row at index ``key`` (an integer), else (no key) the first."""
+    index = int(key) if key is not None and key.lstrip("-").isdigit() else None
+    by_position = None
+    for i, candidate in enumerate(rows):
+        if key is None or str(candidate.get("id")) == key:
+            return candidate
+        if i == index:
+            by_position = candidate
+    return by_position
 
 
 def check_empty_input_allowed(name: str, description: str, allowed: bool) -> None:

@@ -13,12 +13,14 @@ rows only through the store.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import sys
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import pyarrow as pa
 
@@ -26,6 +28,7 @@ from pipeline.framework.config import StageConfig
 
 if TYPE_CHECKING:
     from pipeline.framework.context import StageContext
+    from pipeline.framework.filters import FilterRegistry
     from pipeline.framework.inputs import InputSource
     from pipeline.framework.preflight import Check, PreflightContext, RowEstimate
     from pipeline.framework.store import StageStore
@@ -75,12 +78,24 @@ class Stage(ABC):
     """Dotted config paths (inside the stage's section) that do not change its output."""
     multi_process: ClassVar[bool] = False
     """Whether the stage runs under a multi-process launch (every process runs it; only the main one writes)."""
+    filter_registry: ClassVar["FilterRegistry | None"] = None
+    """The stage's named filters, each declared once (the docs list them), if it has any."""
 
     def __init__(self, config: StageConfig, pipeline_config: Any):
         self.config = config
         # Keep only the sections a stage may use, so a stage pickles to pool workers.
         self.run_config = pipeline_config.run
         self.model_config = getattr(pipeline_config, "model", None)
+
+    @classmethod
+    def description(cls) -> str:
+        """What the stage does, for the docs and dataset cards: its module's docstring, then its filters."""
+        module = sys.modules.get(cls.__module__)
+        text = inspect.cleandoc(module.__doc__ or cls.title) if module else cls.title
+        if cls.filter_registry is not None:
+            heading = "Its filters, in their declared order (the default chain keeps it):"
+            text += "\n\n" + "\n".join([heading, "", *cls.filter_registry.markdown()])
+        return text
 
     @classmethod
     def output_schema(cls) -> pa.Schema:
@@ -126,6 +141,19 @@ class Stage(ABC):
 
     def preflight_checks(self, ctx: "PreflightContext") -> list["Check"]:
         """Checks ``--preflight`` runs for this stage before any work (prompt sizes, sandbox, memory); none here."""
+        return []
+
+    # -- --show-prompt ---------------------------------------------------------
+    def show_prompt(self, row: dict) -> str | list[dict] | None:
+        """The prompt the stage renders for ``row`` (completion text, or chat messages); None: it prompts no model."""
+        return None
+
+    def prompt_rows(self, ctx: "StageContext") -> Iterator[dict]:
+        """The rows ``--show-prompt`` picks from: the stage's input rows (its upstream's output, or ``--input``)."""
+        return ctx.source.iter_rows()
+
+    def stand_in_rows(self) -> list[dict]:
+        """Rows that stand in when the work dir holds none yet (a few-shot bank's examples, say); none here."""
         return []
 
     def preflight_rows(self, rows_in: "RowEstimate") -> "RowEstimate":

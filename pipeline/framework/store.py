@@ -12,7 +12,9 @@ batch covered, the drop counts by reason and the stage's counters. That record
 is the commit: a batch is done exactly when its kept part exists, so a rerun
 after a crash skips those input ids and recounts everything from the parts.
 The dropped part is written first; one left without its kept part (a crash
-between the two writes) is removed when the stage resumes.
+between the two writes) is removed when the stage resumes. A stage that needs
+its whole input at once writes its output through :class:`PartWriter`, which
+cuts it into parts recorded the same way.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.framework.errors import StoreError
+from pipeline.framework.ids import stable_id
 
 META_KEY = b"selfcodealign"
+PART_ROWS = 10_000
+"""Input (or kept) rows per part of a whole stage's output (see :class:`PartWriter`)."""
 MANIFEST = "manifest.json"
 RUN_FILE = "_run.json"
 DROP_PLAN = "_drop_plan.json"
@@ -46,6 +51,19 @@ class CommitLog:
     dropped: Counter = field(default_factory=Counter)
     stats: Counter = field(default_factory=Counter)
     parts: int = 0
+
+    def manifest_fields(self) -> dict:
+        """The counting part of a manifest: rows in and out, drops by reason, counters, parts, batch time."""
+        stats = Counter(self.stats)
+        batch_seconds = stats.pop("batch_seconds_x1000", 0) / 1000
+        return {
+            "rows_in": len(self.input_ids),
+            "rows_out": self.rows,
+            "dropped": dict(sorted(self.dropped.items())),
+            "stats": dict(sorted(stats.items())),
+            "parts": self.parts,
+            "batch_seconds": round(batch_seconds, 3),
+        }
 
 
 def _tmp_name(path: Path) -> Path:
@@ -388,3 +406,54 @@ class StageStore:
                     line = json.dumps(row, sort_keys=True, default=str).encode("utf-8", "surrogatepass")
                     total += int.from_bytes(hashlib.blake2b(line, digest_size=16).digest(), "big")
         return f"{total % 2**128:032x}"[:16]
+
+
+class PartWriter:
+    """Writes a whole stage's output in parts: kept rows, dropped rows and counters, each part recording its inputs.
+
+    The stage hands over its work unit by unit with :meth:`add` (an input row and what became of it, a
+    group of input rows and their pairs, ...); a part holds at most about ``part_rows`` input ids or kept
+    rows and is written once the next unit would overfill it, or by :meth:`close`. A unit with neither
+    (drops and counters of the run as a whole) joins the part being filled. Counters add up per part,
+    zeros included, so the manifest lists every counter the stage keeps. A part is named after the input
+    ids it covers (after its place and rows when it covers none).
+    """
+
+    def __init__(self, store: "StageStore", schema: pa.Schema, keep_dropped: bool = True,
+                 part_rows: int = PART_ROWS):
+        self.store, self.schema, self.keep_dropped, self.part_rows = store, schema, keep_dropped, part_rows
+        self.parts = 0
+        self._empty()
+
+    def _empty(self) -> None:
+        self._ids: list[str] = []
+        self._kept: list[dict] = []
+        self._dropped: list[dict] = []
+        self._stats: dict[str, int] = {}
+
+    def add(self, input_ids: Iterable[str] = (), kept: Iterable[dict] = (), dropped: Iterable[dict] = (),
+            stats: dict[str, int] | None = None) -> None:
+        """One unit of work: the input ids it covers, its kept rows, its dropped rows (each with ``drop_reason``)
+        and its counters."""
+        input_ids, kept = list(input_ids), list(kept)
+        if (input_ids or kept) and max(len(self._ids), len(self._kept)) >= self.part_rows:
+            self._flush()
+        self._ids += input_ids
+        self._kept += kept
+        self._dropped += dropped
+        for name, value in (stats or {}).items():
+            self._stats[name] = self._stats.get(name, 0) + value
+
+    def _flush(self) -> None:
+        """Write the part being filled."""
+        key = stable_id(*self._ids) if self._ids else stable_id("part", self.parts, *(r.get("id") for r in self._kept))
+        self.store.write_batch(key, self._kept, self.schema, self._dropped, self._ids, self._stats,
+                               keep_dropped=self.keep_dropped)
+        self.parts += 1
+        self._empty()
+
+    def close(self) -> dict:
+        """Write the last part (if anything is pending) and return the manifest fields the parts add up to."""
+        if self._ids or self._kept or self._dropped or self._stats:
+            self._flush()
+        return self.store.commit_log().manifest_fields()

@@ -21,8 +21,8 @@ from pydantic import Field
 from pipeline.framework.config import ExistingFile, StrictModel, not_fingerprinted
 from pipeline.framework.preflight import Check, PreflightContext, RowEstimate
 from pipeline.framework.progress import progress
-from pipeline.generation.fewshot import DEFAULT_JUDGE_BANK, JudgeBank, JudgeExample, load_judge_bank
-from pipeline.generation.prompting import ParseFailure, PromptTask, section
+from pipeline.generation.fewshot import DEFAULT_JUDGE_BANK, JudgeExample, load_judge_bank
+from pipeline.generation.prompting import ParseFailure, PromptTask, code_section
 from pipeline.generation.stage import ask, row_seed
 
 
@@ -55,10 +55,10 @@ class DocstringJudgeTask(PromptTask):
         return code
 
     def query(self, row: dict) -> str:
-        return section("Function", f"```python\n{self.shown(row['code']).rstrip()}\n```")
+        return code_section("Function", self.shown(row["code"]))
 
     def example_query(self, example: JudgeExample) -> str:  # type: ignore[override]
-        return section("Function", f"```python\n{self.shown(example.function).rstrip()}\n```")
+        return code_section("Function", self.shown(example.function))
 
     def example_answer(self, example: JudgeExample) -> str:  # type: ignore[override]
         return example.verdict
@@ -110,12 +110,23 @@ class JudgeSettings(StrictModel):
 
 ANSWER_TOKENS = 4
 """Most tokens of one answer (yes or no)."""
+JUDGE_STEP = "docstring_judge"
+"""The step name in the judge's few-shot draws and sampling seeds (as a generation stage uses its own name)."""
 
 
-def judge_prompt(task: DocstringJudgeTask, bank: JudgeBank, settings: JudgeSettings, seed: int, row: dict):
-    """The judge's prompt (text, or chat messages in chat mode) for one function row (``id``, ``code``)."""
-    examples = bank.sample(settings.fewshot_k, seed, "docstring_judge", row["id"])
-    return task.chat_messages(examples, row) if settings.mode == "chat" else task.completion_prompt(examples, row)
+def judge_prompt(settings: JudgeSettings, seed: int, row: dict):
+    """The judge's prompt (text, or chat messages in chat mode) for one function row (``id``, ``code``).
+
+    Built as a generation stage builds its prompts: ``fewshot_k`` bank examples drawn by the run seed, the
+    step and the row id, then the task rendered in the configured mode.
+    """
+    examples = load_judge_bank(Path(settings.fewshot_file)).sample(settings.fewshot_k, seed, JUDGE_STEP, row["id"])
+    return JUDGE_TASKS[settings.show]().render(examples, row, chat=settings.mode == "chat")
+
+
+def judge_bank_rows(settings: JudgeSettings) -> list[dict]:
+    """The judge bank's functions as function rows (``id``, ``code``): stand-ins before any seed exists."""
+    return [{"id": e.id, "code": e.function} for e in load_judge_bank(Path(settings.fewshot_file)).examples]
 
 
 def judge_preflight(ctx: PreflightContext, stage: str, llm_config: Any, settings: JudgeSettings, seed: int,
@@ -123,12 +134,10 @@ def judge_preflight(ctx: PreflightContext, stage: str, llm_config: Any, settings
     """Preflight checks of the judge: its longest prompt (``rows``, else the bank's functions) and its budget."""
     from pipeline.generation.budget import prompt_checks
 
-    task = DocstringJudgeTask()
-    bank = load_judge_bank(Path(settings.fewshot_file))
     if not rows:
-        rows = [{"id": e.id, "code": e.function} for e in bank.examples]
+        rows = judge_bank_rows(settings)
         where = f"{len(rows)} bank functions as queries"
-    prompts = [judge_prompt(task, bank, settings, seed, row) for row in rows]
+    prompts = [judge_prompt(settings, seed, row) for row in rows]
     return prompt_checks(ctx, f"{stage} (docstring judge)", llm_config, prompts, max_tokens=ANSWER_TOKENS,
                          max_tokens_key="the judge's answer", n=settings.samples, rows=count, sample=where)
 
@@ -138,7 +147,6 @@ def judge_docstrings(backend: Any, rows: Iterable[dict], settings: JudgeSettings
     from pipeline.llm import SamplingParams
 
     task = JUDGE_TASKS[settings.show]()
-    bank = load_judge_bank(Path(settings.fewshot_file))
     rows = list(rows)
     verdicts: dict[str, bool] = {}
     chat = settings.mode == "chat"
@@ -146,10 +154,10 @@ def judge_docstrings(backend: Any, rows: Iterable[dict], settings: JudgeSettings
     try:
         for start in range(0, len(rows), settings.batch_size):
             chunk = rows[start : start + settings.batch_size]
-            prompts = [judge_prompt(task, bank, settings, seed, row) for row in chunk]
+            prompts = [judge_prompt(settings, seed, row) for row in chunk]
             params = SamplingParams(n=settings.samples, temperature=settings.temperature, max_tokens=ANSWER_TOKENS,
                                     stop=task.stop())
-            seeds = [row_seed(seed, "docstring_judge", row["id"]) for row in chunk]
+            seeds = [row_seed(seed, JUDGE_STEP, row["id"]) for row in chunk]
             for row, answers in zip(chunk, ask(backend, task, prompts, params, chat=chat, seeds=seeds)):
                 yes = sum(1 for _, parsed in answers if not isinstance(parsed, ParseFailure) and parsed["yes"])
                 verdicts[row["id"]] = yes * 2 > len(answers)

@@ -9,7 +9,6 @@ very same prompts.
 
 from __future__ import annotations
 
-import random
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,8 +16,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.framework.config import first_problem
 from pipeline.framework.errors import ConfigError
-from pipeline.framework.ids import stable_id
+from pipeline.framework.ids import seeded_random
 
 DEFAULT_BANK = Path(__file__).resolve().parents[2] / "configs" / "fewshot.yaml"
 DEFAULT_JUDGE_BANK = DEFAULT_BANK.with_name("docstring_judge.yaml")
@@ -66,8 +66,7 @@ class FewShotBank(BaseModel):
             pool = [e for e in pool if len(e.instruction) + len(e.response) + len(e.tests) <= max_chars]
             if not pool:
                 raise ConfigError(f"no few-shot example is at most {max_chars} characters long; raise fewshot_max_chars")
-        rng = random.Random(int(stable_id(*key), 16))
-        return rng.sample(pool, min(k, len(pool)))
+        return draw(pool, k, *key)
 
 
 class JudgeExample(BaseModel):
@@ -88,8 +87,12 @@ class JudgeBank(BaseModel):
 
     def sample(self, k: int, *key: object) -> list[JudgeExample]:
         """``k`` examples chosen by ``key``, as :meth:`FewShotBank.sample`."""
-        rng = random.Random(int(stable_id(*key), 16))
-        return rng.sample(self.examples, min(k, len(self.examples)))
+        return draw(self.examples, k, *key)
+
+
+def draw(pool: list, k: int, *key: object) -> list:
+    """``k`` distinct items of ``pool`` (all of them when it holds fewer) drawn by ``key``: same key, same draw."""
+    return seeded_random(*key).sample(pool, min(k, len(pool)))
 
 
 def _load(path: Path, model: type[BaseModel]):
@@ -103,9 +106,7 @@ def _load(path: Path, model: type[BaseModel]):
     try:
         bank = model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"few-shot bank {path}: {where}: {first['msg']}") from None
+        raise ConfigError(f"few-shot bank {path}: {first_problem(exc)}") from None
     ids = [e.id for e in bank.examples]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"few-shot bank {path}: example ids are not unique")

@@ -57,6 +57,11 @@ def section(name: str, body: str) -> str:
     return f"### {name}\n{body.rstrip()}\n"
 
 
+def code_section(name: str, code: str) -> str:
+    """A named section holding ``code`` in a fenced Python block."""
+    return section(name, f"```python\n{code.rstrip()}\n```")
+
+
 TESTS_HEADER = "### Tests"
 
 
@@ -133,6 +138,10 @@ class PromptTask(ABC):
             query = f"{query}\n\n{self.chat_reminder}"
         messages.append({"role": "user", "content": query})
         return messages
+
+    def render(self, examples: list[FewShotExample], row: dict, chat: bool = False) -> str | list[dict]:
+        """The prompt for ``row`` after ``examples``: chat turns when ``chat``, else the completion text."""
+        return self.chat_messages(examples, row) if chat else self.completion_prompt(examples, row)
 
     def read_answer(self, text: str) -> dict | ParseFailure:
         """Parse a completion or chat reply: cut a repeated header and anything from the next example on."""

@@ -1,7 +1,7 @@
-"""The response task: an instruction in, a response with its own tests out (the I->R step's prompt).
+"""The response tasks: an instruction in, a response with its own tests out (the I->R step's prompt).
 
-Shared by the responses stage (a fresh answer) and the repair stage, whose task
-extends this one with the failed attempt and its test output.
+:class:`ResponseTask` is the responses stage's (a fresh answer); :class:`RepairTask`, the repair
+stage's, extends it with the failed attempt and the sandbox's output, and reads the answer the same way.
 """
 
 from __future__ import annotations
@@ -38,3 +38,29 @@ class ResponseTask(PromptTask):
 
     def parse(self, answer: str) -> dict | ParseFailure:
         return parse_answer_with_tests(answer)
+
+
+class RepairTask(ResponseTask):
+    """An instruction (with, for feedback, the failed attempt and its test output) in; a response with tests out.
+
+    The examples, the answer's header and its parsing are the responses stage's.
+    """
+
+    preamble = (
+        "Each example below gives a programming instruction and then a response that solves it: a brief "
+        "explanation and the complete Python solution in one fenced code block, followed by a tests section "
+        "with assert statements that check it. When an earlier attempt and its test output are shown, the "
+        "response fixes what made that attempt fail."
+    )
+    chat_reminder = ""
+
+    def __init__(self, feedback: bool, tail_chars: int):
+        self.feedback, self.tail_chars = feedback, tail_chars
+
+    def query(self, row: dict) -> str:
+        text = section("Instruction", row["instruction"])
+        if self.feedback and row.get("response") is not None:
+            output = (row.get("stderr") or row.get("stdout") or f"(no output; verdict {row['status']})")
+            text += "\n" + section("Failed attempt", answer_with_tests(row["response"], row["tests"]))
+            text += "\n" + section("Test output", output[-self.tail_chars:])
+        return text

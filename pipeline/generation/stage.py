@@ -19,7 +19,7 @@ from pydantic import Field
 
 from pipeline.framework.config import ExistingFile, StageConfig, not_fingerprinted
 from pipeline.framework.errors import PipelineError
-from pipeline.framework.ids import stable_id
+from pipeline.framework.ids import seed_from, stable_id
 from pipeline.framework.preflight import FAIL, Check, PreflightContext, RowEstimate
 from pipeline.framework.stage import BatchResult, MapStage
 from pipeline.generation.fewshot import DEFAULT_BANK, FewShotBank, FewShotExample, load_bank
@@ -66,6 +66,17 @@ class GenerationConfig(StageConfig):
         description="Above 1 discourages repeating tokens (1 = off, as published); helps small models that loop.",
     )
 
+    def examples(self, bank: FewShotBank, *key: object) -> list[FewShotExample]:
+        """The ``fewshot_k`` bank examples ``key`` (run seed, stage, row id, ...) draws."""
+        return bank.sample(self.fewshot_k, *key, max_chars=self.fewshot_max_chars)
+
+    def sampling(self, stop: list[str], seed: int | None = None):
+        """The sampling parameters of every prompt; ``seed`` for the whole call (else each row's own)."""
+        from pipeline.llm import SamplingParams
+
+        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              repetition_penalty=self.repetition_penalty, stop=stop, seed=seed)
+
 
 class GenerationStage(MapStage):
     """A map stage that prompts the model once per input row."""
@@ -90,12 +101,8 @@ class GenerationStage(MapStage):
     def setup(self) -> None:
         """Load the bank (failing early on a bad file) and start the backend."""
         self.bank  # noqa: B018 - validates the bank before the model loads
-        if self.model_config is None:
-            raise PipelineError(f"stage {self.name} generates text: the config needs a model section (model.backend, model.model)")
         if self._backend is None:
-            from pipeline.llm import create_backend
-
-            self._backend = create_backend(self.model_config)
+            self._backend = open_backend(self.name, self.model_config)
 
     def teardown(self) -> None:
         if self._backend is not None:
@@ -114,8 +121,7 @@ class GenerationStage(MapStage):
     # -- the batch function ------------------------------------------------
     def prompt_examples(self, row: dict):
         """The k bank examples shown for this row, chosen by run seed, stage and row id."""
-        return self.bank.sample(self.config.fewshot_k, self.seed, self.name, row["id"],
-                                max_chars=self.config.fewshot_max_chars)
+        return self.config.examples(self.bank, self.seed, self.name, row["id"])
 
     def build_prompt(self, row: dict):
         """The completion prompt (text) or chat messages for one row."""
@@ -123,10 +129,15 @@ class GenerationStage(MapStage):
 
     def render(self, examples: list[FewShotExample], row: dict):
         """The prompt showing ``examples`` and then ``row``'s query, in the configured mode."""
-        query = self.query_row(row)
-        if self.config.mode == "chat":
-            return self.task.chat_messages(examples, query)
-        return self.task.completion_prompt(examples, query)
+        return self.task.render(examples, self.query_row(row), chat=self.config.mode == "chat")
+
+    def show_prompt(self, row: dict):
+        """``--show-prompt``: the prompt of ``row``, as :meth:`process_batch` sends it."""
+        return self.build_prompt(row)
+
+    def stand_in_rows(self) -> list[dict]:
+        """The bank's examples, standing in for upstream rows that do not exist yet."""
+        return [example_as_row(e) for e in self.bank.examples]
 
     # -- preflight ------------------------------------------------------------
     def preflight_rows(self, rows_in: RowEstimate) -> RowEstimate:
@@ -168,13 +179,7 @@ class GenerationStage(MapStage):
 
     def sampling(self):
         """The sampling parameters of every prompt (the seeds are per row: :meth:`row_seed`)."""
-        from pipeline.llm import SamplingParams
-
-        cfg = self.config
-        return SamplingParams(
-            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-            repetition_penalty=cfg.repetition_penalty, stop=self.task.stop(),
-        )
+        return self.config.sampling(self.task.stop())
 
     def row_seed(self, row: dict) -> int:
         """The sampling seed of one row: the run seed, the stage and the row id, never its batch."""
@@ -199,9 +204,19 @@ class GenerationStage(MapStage):
         return result
 
 
+def open_backend(stage: str, model_config: Any):
+    """The generation backend of the config's model section; a stage that generates without one is an error."""
+    if model_config is None:
+        raise PipelineError(f"stage {stage} generates text: the config needs a model section "
+                            "(model.backend, model.model)")
+    from pipeline.llm import create_backend
+
+    return create_backend(model_config)
+
+
 def row_seed(run_seed: int, step: str, row_id: str) -> int:
     """A sampling seed for one row of one step, from the run seed and the row id alone."""
-    return int(stable_id(run_seed, step, row_id), 16) % 2**31
+    return seed_from(run_seed, step, row_id)
 
 
 def ask(backend, task: PromptTask, prompts: list, params, chat: bool = False,

@@ -11,10 +11,8 @@ and then pushing a card, is what lets the dry run be exactly what is uploaded.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,12 +52,6 @@ def _write_shards(table: pa.Table, data_dir: Path) -> list[str]:
     return names
 
 
-def _stage_story(stage_cls: type) -> str:
-    """The stage module's docstring: what the stage did, in the words of its own documentation."""
-    module = sys.modules.get(stage_cls.__module__)
-    return inspect.cleandoc(module.__doc__ or stage_cls.title) if module else stage_cls.title
-
-
 def render_card(stage_cls: type, manifest: dict, recipe: str, upstream: str) -> str:
     """The dataset card: what the stage did, its config, counts and drop reasons, the upstream dataset."""
     header = {
@@ -77,7 +69,7 @@ def render_card(stage_cls: type, manifest: dict, recipe: str, upstream: str) -> 
         "",
         "## How it was made",
         "",
-        _stage_story(stage_cls),
+        stage_cls.description(),
         "",
         f"Upstream dataset: {upstream}",
         "",

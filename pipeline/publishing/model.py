@@ -18,6 +18,17 @@ def model_repo_id(hub, name: str | None) -> str:
     return f"{hub.namespace}/{name or hub.prefix}"
 
 
+def repository_check(stage: str, hub, name: str | None):
+    """``--preflight``'s row for a model to push: the repository it would go to, or why there is none."""
+    from pipeline.framework.preflight import FAIL, Check
+
+    key = f"stages.{stage}.push_to_hub"
+    try:
+        return Check(stage, "model repository", model_repo_id(hub, name), key)
+    except PipelineError as exc:
+        return Check(stage, "model repository", "no hub.namespace", key, FAIL, f"{stage}: {exc}")
+
+
 def push_model(hub, folder: Path, name: str | None) -> str:
     """Create the model repository if needed and upload ``folder`` to it in one commit; return the repo id."""
     from huggingface_hub import HfApi

@@ -17,22 +17,14 @@ each), plus the verdicts and ids that trace it back.
 
 from __future__ import annotations
 
-import hashlib
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.framework.ids import stable_id
-from pipeline.generation.prompting import answer_with_tests
+from pipeline.execution.samples import FAILED_STATUSES
+from pipeline.framework.ids import seeded_order, stable_id
+from pipeline.training.conversation import assistant_answer, turn
 
-DEFAULT_REJECTED = ("failed", "timeout", "oom")
-
-
-def assistant_answer(response: str, tests: str, with_tests: bool) -> str:
-    """The assistant turn: the response, then (by default) its tests as sampled."""
-    if not with_tests:
-        return response.strip()
-    return answer_with_tests(response.strip(), tests.strip())
+DEFAULT_REJECTED = FAILED_STATUSES
 
 
 @dataclass
@@ -43,19 +35,6 @@ class Pairing:
     left_out: dict[str, str] = field(default_factory=dict)
     """``{sample id: reason}``: ``no_passing_sample``, ``no_failing_sample``, ``status_<verdict>`` (a verdict that
     is neither passing nor rejected) or ``pair_limit`` (the instruction already has its pairs)."""
-
-
-def seeded_order(rows: Iterable[dict], seed: int) -> list[dict]:
-    """Rows ordered by ``sha256(seed, row id)``: an order that depends on the seed and the ids, not the input."""
-    return sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).digest())
-
-
-def group_by_instruction(rows: Iterable[dict]) -> dict[str, list[dict]]:
-    """Samples grouped by ``instruction_id``, instructions in sorted order."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[row["instruction_id"]].append(row)
-    return {key: groups[key] for key in sorted(groups)}
 
 
 def pair_instruction(samples: list[dict], seed: int, pairs_per_instruction: int = 1,
@@ -84,16 +63,16 @@ def pair_instruction(samples: list[dict], seed: int, pairs_per_instruction: int 
 
 def pair_row(chosen: dict, rejected: dict, with_tests: bool) -> dict:
     """One pair in trl's conversational preference layout, with its verdicts and ids."""
-    def turn(row: dict) -> list[dict]:
-        return [{"role": "assistant", "content": assistant_answer(row["response"], row["tests"], with_tests)}]
+    def answer(row: dict) -> list[dict]:
+        return [turn("assistant", assistant_answer(row["response"], row["tests"], with_tests))]
 
     return {
         "id": stable_id(chosen["id"], rejected["id"]),
         "seed_id": chosen.get("seed_id"),
         "instruction_id": chosen["instruction_id"],
-        "prompt": [{"role": "user", "content": chosen["instruction"]}],
-        "chosen": turn(chosen),
-        "rejected": turn(rejected),
+        "prompt": [turn("user", chosen["instruction"])],
+        "chosen": answer(chosen),
+        "rejected": answer(rejected),
         "chosen_id": chosen["id"],
         "rejected_id": rejected["id"],
         "chosen_status": chosen["status"],
