@@ -153,3 +153,11 @@ def test_allowed_imports_pass():
         "pipeline.generation.stage": "def f():\n    from pipeline.llm import create_backend",
     }
     assert violations({m: imports_of(m, s) for m, s in allowed.items()}) == []
+
+
+def test_docs_architecture_draws_every_package_and_the_rules():
+    """docs/architecture.md keeps up with the code: a Mermaid picture, and every sub-package of pipeline/ named."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    assert "```mermaid" in text and "tests/test_architecture.py" in text
+    packages = sorted(p.name for p in (REPO / "pipeline").iterdir() if (p / "__init__.py").is_file())
+    assert [p for p in packages if f"pipeline/{p}" not in text] == []
