@@ -1,4 +1,4 @@
-"""Near-dedup side by side: plain datasketch loop, rensa, and pipeline.near_dedup.
+"""Near-dedup side by side: plain datasketch loop, rensa, and pipeline.dedup.near_dedup.
 
 Corpus: the functions of the Python standard library (its own source, found
 with ``ast``), plus a near-copy (a comment line and one renamed variable) of
@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.minhash import default_workers, minhash_signatures, shingle_hash, tokenize  # noqa: E402
-from pipeline.near_dedup import NearDedupConfig, near_dedup, representative  # noqa: E402
+from pipeline.dedup.minhash import default_workers, minhash_signatures, shingle_hash, tokenize  # noqa: E402
+from pipeline.dedup.near_dedup import NearDedupConfig, near_dedup, representative  # noqa: E402
 
 def stdlib_functions(limit: int) -> tuple[list[str], list[str]]:
     """Ids and sources of up to ``limit`` stdlib functions (at least 5 lines),

@@ -25,14 +25,14 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.training.data import ConversationDataset, ConversationEncoder, PaddingCollator  # noqa: E402
-from stages.finetune import FinetuneConfig, FinetuneStage  # noqa: E402
+from pipeline.training.settings import FinetuneConfig  # noqa: E402
+from pipeline.training.trainers import training_arguments, training_rows  # noqa: E402
 
 MODES = ("pad", "group_by_length", "pack")
 
@@ -83,14 +83,13 @@ def run_mode(mode: str, model_dir: str, conversations: list[list[dict]], args, w
                             max_length=args.max_length, max_steps=args.steps, learning_rate=1e-4,
                             gradient_checkpointing=args.checkpointing, save_steps=10**6, logging_steps=10**6,
                             use_default_system=False)
-    stage = FinetuneStage(config, SimpleNamespace(run=SimpleNamespace(seed=0), model=None, hub=None))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     encoder = ConversationEncoder(tokenizer, "instruction", use_default_system=False)
     examples = [e for e in (encoder.encode(c, args.max_length) for c in conversations) if e.kept]
-    rows = stage.train_rows(examples)
+    rows = training_rows(config, examples)
     model, _ = load_for_training(model_dir, torch.float32, 0.0, len(tokenizer))
     collator = CountingCollator(tokenizer.pad_token_id)
-    training_args = stage.training_arguments(work / mode, bf16=False, cuda=False)
+    training_args = training_arguments(config, work / mode, bf16=False, cuda=False, seed=0)
     training_args.disable_tqdm = True
     training_args.save_strategy = "no"
     trainer = Trainer(model=model, args=training_args, train_dataset=ConversationDataset(rows),

@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.cli import _model_config_class  # noqa: E402
-from pipeline.config import build_config_model  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
-from pipeline.stage import PlannedStage  # noqa: E402
+from pipeline.framework.config import build_config_model  # noqa: E402
+from pipeline.framework.runner import Runner  # noqa: E402
+from pipeline.framework.stage import PlannedStage  # noqa: E402
 from stages import PIPELINE  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def run(executor: str, data: Path, workers: int, batch: int) -> tuple[float, dic
         })
         runner = Runner(config, PIPELINE)
         if executor == "ray":
-            from pipeline.executors.ray_executor import connect
+            from pipeline.framework.executors.ray_executor import connect
 
             connect(None, workers)  # cluster start-up is not counted
         start = time.perf_counter()

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.code_files import LocalCodeFiles, stdlib_dir  # noqa: E402
-from pipeline.config import build_config_model  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
-from pipeline.typecheck import typecheck_sources  # noqa: E402
+from pipeline.analysis.code_files import LocalCodeFiles, stdlib_dir  # noqa: E402
+from pipeline.analysis.typecheck import typecheck_sources  # noqa: E402
+from pipeline.framework.config import build_config_model  # noqa: E402
+from pipeline.framework.runner import Runner  # noqa: E402
 from stages.seeds import DEFAULT_FILTERS, SeedsConfig, SeedsStage  # noqa: E402
 
 NO_TYPECHECK = [f for f in DEFAULT_FILTERS if f != "typechecks"]

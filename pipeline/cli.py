@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.config import build_config_model, load_config
-from pipeline.errors import PipelineError
-from pipeline.processes import is_main_process
-from pipeline.progress import setup_logging
-from pipeline.stage import PlannedStage, Stage
-from pipeline.store import ensure_work_dir
-from pipeline.summary import run_summary
+from pipeline.framework.config import build_config_model, load_config
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.processes import is_main_process
+from pipeline.framework.progress import setup_logging
+from pipeline.framework.stage import PlannedStage, Stage
+from pipeline.framework.store import ensure_work_dir
+from pipeline.report.text import run_summary
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -31,6 +31,7 @@ def _stage_list(registry: Sequence[type[Stage] | PlannedStage]) -> str:
     lines.append("  python run_pipeline.py --config configs/demo.yaml --stage seeds -o stages.seeds.max_seeds=100")
     lines.append("  python run_pipeline.py --config configs/demo.yaml --status")
     lines.append("  python run_pipeline.py --config configs/selfcodealign-sc2-15b.yaml --preflight")
+    lines.append("  python run_pipeline.py --config configs/demo.yaml --show-prompt responses --row 0")
     lines.append("  python run_pipeline.py --score answers.jsonl --benchmark humaneval")
     return "\n".join(lines)
 
@@ -68,6 +69,12 @@ def build_parser(registry: Sequence[type[Stage] | PlannedStage]) -> argparse.Arg
     parser.add_argument("--no-preflight", action="store_true",
                         help="skip the preflight that a multi-stage run (--stage all, --from/--to) does first")
     parser.add_argument("--report", action="store_true", help="write work_dir/report.html and print the funnel and pass@1")
+    parser.add_argument(
+        "--show-prompt", metavar="STAGE", choices=names,
+        help="print the prompt STAGE renders for one of its input rows (the first, or --row), loading no model: "
+        "chat turns or completion text; bank examples stand in when its input does not exist yet",
+    )
+    parser.add_argument("--row", metavar="ID", help="with --show-prompt: the input row's id, or its index (0 first)")
     parser.add_argument(
         "--shard", metavar="K/N", type=_shard,
         help="with --stage NAME: process only the input rows whose id hashes to K mod N (K from 0); shards may run "
@@ -118,14 +125,16 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
     args = parser.parse_args(argv)
     if (args.shard or args.merge) and (not args.stage or args.stage == "all"):
         parser.error("--shard and --merge need --stage NAME (one stage)")
+    if args.row is not None and not args.show_prompt:
+        parser.error("--row goes with --show-prompt STAGE")
     if bool(args.score) != bool(args.benchmark):
         parser.error("--score and --benchmark go together: --score ANSWERS.jsonl --benchmark NAME")
     args.chat = args.chat or args.model is not None
     if not (args.chat or args.stage or args.start or args.end or args.status or args.publish_dry_run or args.publish
-            or args.report or args.preflight or args.score):
+            or args.report or args.preflight or args.score or args.show_prompt):
         parser.print_help()
         return 0
-    from pipeline.runner import Runner
+    from pipeline.framework.runner import Runner
 
     runner = None
     try:
@@ -138,6 +147,11 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
             return 0
         if args.score:
             return _score(args, config)
+        if args.show_prompt:
+            header, prompt = _show_prompt(runner, args.show_prompt, args.row, args.input)
+            print(header, file=sys.stderr)
+            print(prompt)
+            return 0
         if args.chat:
             from pipeline.chat.command import chat_command
 
@@ -168,7 +182,7 @@ def main(registry: Sequence[type[Stage] | PlannedStage], argv: Sequence[str] | N
                 print(run_summary(runner.states()))
         publishing = args.publish or (config.hub.namespace and (args.stage or args.start or args.end))
         if (args.publish_dry_run or publishing) and is_main_process():
-            from pipeline.hub import publish
+            from pipeline.publishing.hub import publish
 
             built = [n for n in names if not isinstance(runner.entry(n), PlannedStage)]
             publish(runner, built, dry_run_dir=args.publish_dry_run)
@@ -205,9 +219,18 @@ def _score(args, config) -> int:
     return 0
 
 
+def _show_prompt(runner, stage: str, row: str | None, input_override: str | None) -> tuple[str, str]:
+    """``--show-prompt``: a header line saying which row and form, and the stage's rendered prompt for it."""
+    picked, where, prompt = runner.rendered_prompt(stage, row, input_override)
+    if isinstance(prompt, str):
+        return f"# {stage}: completion prompt for row {picked.get('id')} ({where})", prompt
+    turns = "\n".join(f"--- {m['role']} ---\n{m['content']}" for m in prompt)
+    return f"# {stage}: chat prompt, {len(prompt)} messages, for row {picked.get('id')} ({where})", turns
+
+
 def _preflight(runner, names: list[str]) -> bool:
     """Print the preflight table of ``names`` and one line per failure (on stderr); True when all passed."""
-    from pipeline.preflight import run_preflight
+    from pipeline.framework.preflight import run_preflight
 
     report = run_preflight(runner, names)
     print("preflight:")

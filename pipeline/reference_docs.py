@@ -6,12 +6,13 @@ writes) from the config classes and stage classes themselves, so the docs cannot
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config import model_of
+from pipeline.framework.config import model_of
 from pydantic_core import PydanticUndefined
 
 
@@ -19,8 +20,9 @@ def _type_name(annotation: Any) -> str:
     """A short readable name for a field's type."""
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation)
-    for noise in ("typing.", "pathlib.", "pipeline.config.", "NoneType"):
+    for noise in ("typing.", "pathlib.", "NoneType"):
         text = text.replace(noise, "None" if noise == "NoneType" else "")
+    text = re.sub(r"\bpipeline(?:\.\w+)*\.(?=[A-Z])", "", text)  # a class's name, not the module it lives in
     return text.replace("<class '", "").replace("'>", "")
 
 
@@ -91,10 +93,7 @@ def render_reference(model: type[BaseModel], planned: dict[str, int]) -> str:
 
 def render_stages(registry: list) -> str:
     """Each stage in order: its module's description, the columns it reads and the columns it writes."""
-    import inspect
-    import sys
-
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.stage import PlannedStage
 
     lines = ["# Stages", "", "Generated from the stage classes by `python -m pipeline.reference_docs`.", ""]
     for entry in registry:
@@ -103,8 +102,7 @@ def render_stages(registry: list) -> str:
         if isinstance(entry, PlannedStage):
             lines += [f"{entry.title}. Not built yet (issue #{entry.issue}); reads `{entry.upstream}`.", ""]
             continue
-        module = sys.modules[entry.__module__]
-        lines += [inspect.cleandoc(module.__doc__ or entry.title), ""]
+        lines += [entry.description(), ""]
         lines.append(f"Reads: {'the output of `' + entry.upstream + '`' if entry.upstream else 'its configured source'}"
                      " (or `--input`), columns:")
         lines.append("")
@@ -120,8 +118,8 @@ def render_stages(registry: list) -> str:
 def generated_docs() -> dict[str, str]:
     """File name under docs/ -> its generated text."""
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     model = build_config_model(

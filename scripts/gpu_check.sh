@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (pipeline/training/gpu_check.py): fine-tuning memory, tokens/s and MFU of a StarCoder2-shaped 3B
+# The GPU check (pipeline/gpu_check.py): fine-tuning memory, tokens/s and MFU of a StarCoder2-shaped 3B
 # model, the StarCoder2-15B shape at the paper's settings where the card has the memory, a LoRA run and generation
 # through the transformers backend; one table printed, the same as JSON. Under 8 minutes on one H100-class GPU.
 #
@@ -42,4 +42,4 @@ if ! "$PY" -c "import pydantic" 2>/dev/null && compgen -G "$WHEELS/*.whl" >/dev/
     export PYTHONPATH="$PYTHONPATH:$unpacked"
     echo "gpu check: pydantic from $WHEELS (unpacked in $unpacked for this run)" >&2
 fi
-"$PY" -m pipeline.training.gpu_check "$@"
+"$PY" -m pipeline.gpu_check "$@"

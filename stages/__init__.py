@@ -1,7 +1,7 @@
 """The stages of the SelfCodeAlign method, in pipeline order.
 
 Each stage lives in its own module, named as on the command line. A stage
-that is planned but not built yet is listed as a ``pipeline.stage.PlannedStage``
+that is planned but not built yet is listed as a ``pipeline.framework.stage.PlannedStage``
 with the issue that tracks it, so ``--help`` and ``--status`` show it and
 asking it to run says so plainly.
 """

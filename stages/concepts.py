@@ -12,10 +12,10 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.fewshot import FewShotExample
-from pipeline.generation import GenerationConfig, GenerationStage
-from pipeline.ids import stable_id
-from pipeline.prompting import ParseFailure, PromptTask, section
+from pipeline.framework.ids import stable_id
+from pipeline.generation.fewshot import FewShotExample
+from pipeline.generation.prompting import ParseFailure, PromptTask, code_section
+from pipeline.generation.stage import GenerationConfig, GenerationStage
 
 MAX_CONCEPTS = 12
 
@@ -32,10 +32,10 @@ class ConceptsTask(PromptTask):
     extra_stop = ["\n### "]
 
     def query(self, row: dict) -> str:
-        return section("Snippet", f"```python\n{row['code'].rstrip()}\n```")
+        return code_section("Snippet", row["code"])
 
     def example_query(self, example: FewShotExample) -> str:
-        return section("Snippet", f"```python\n{example.seed.rstrip()}\n```")
+        return code_section("Snippet", example.seed)
 
     def example_answer(self, example: FewShotExample) -> str:
         return "\n".join(f"- {concept}" for concept in example.concepts)

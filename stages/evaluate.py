@@ -22,27 +22,25 @@ interrupted run resumes where it stopped; verdicts are cached by program.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipeline.benchmarks.answers import chat_messages, completion_prompt, stop_strings
-from pipeline.benchmarks.catalog import load_benchmark, pending_download
-from pipeline.benchmarks.contenders import FINETUNED, Contender, resolve
+from pipeline.benchmarks.contenders import Contender, resolve
 from pipeline.benchmarks.harness import Answer, Harness, TimeLimits
+from pipeline.benchmarks.preflight import evaluation_checks
 from pipeline.benchmarks.settings import EvaluateConfig
-from pipeline.benchmarks.source import BenchmarkSource
+from pipeline.benchmarks.source import BenchmarkSource, evaluation_source
 from pipeline.benchmarks.summary import EvaluationReport, judged_comparison
-from pipeline.errors import PipelineError
-from pipeline.execution import SandboxSession, sandbox_preflight
-from pipeline.generation import row_seed
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.preflight import FAIL, WARN, Check, RowEstimate
-from pipeline.progress import progress
-from pipeline.stage import WholeStage
-from pipeline.store import StageStore
+from pipeline.execution.verdicts import SandboxSession, settings_without_verdict
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.ids import stable_id
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import WholeStage
+from pipeline.framework.store import StageStore
+from pipeline.generation.stage import row_seed
+from pipeline.training.saving import finetuned_model_dir
 
 
 class EvaluateStage(WholeStage):
@@ -54,8 +52,7 @@ class EvaluateStage(WholeStage):
     Config = EvaluateConfig
     uses_model = True
     timing_columns = ("duration_s", "time_limit_s")  # the limit scales with the reference's measured runtime
-    unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
-                       "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
+    unfingerprinted = settings_without_verdict()
     input_columns = {"benchmark": "benchmark name", "task_id": "problem id", "prompt": "what the model continues",
                      "entry_point": "function name"}
     output_columns = {
@@ -87,100 +84,26 @@ class EvaluateStage(WholeStage):
 
     def input_source(self, ctx, override: str | None) -> BenchmarkSource:
         """The benchmarks (``--input`` replaces the configured list); the digest follows the fine-tune."""
-        specs = [s for s in override.split(",") if s.strip()] if override else self.config.benchmarks
-        cache = Path(self.run_config.work_dir) / "cache"
-        benches = [load_benchmark(s, self.config.benchmark_files, cache).select(self.config.limit, self.config.task_ids)
-                   for s in specs]
-        finetune = ctx.stage_store(self.upstream)
-        if override is None:
-            from pipeline.inputs import StoreSource
-
-            digest = StoreSource(finetune).digest()
-        else:
-            upstream = (finetune.read_manifest() or {}).get("output_digest") if self.uses_finetuned() else None
-            digest = stable_id(*(b.digest() for b in benches), upstream)
-        return BenchmarkSource(benches, digest, ", ".join(f"{b.name} ({len(b.problems)})" for b in benches))
+        specs = [s for s in override.split(",") if s.strip()] if override else None
+        return evaluation_source(self.config, specs, ctx.work_dir / "cache", ctx.stage_store(self.upstream),
+                                 self.uses_finetuned())
 
     def contenders(self, ctx) -> list[Contender]:
         """The models to evaluate, resolved before any work (a missing fine-tune fails here)."""
         from pipeline.llm import LLMConfig
 
-        found = [resolve(e, self.model_config, lambda: self.finetuned_dir(ctx), LLMConfig) for e in self.config.entries()]
+        def finetuned() -> Path:  # asked only when a model is the fine-tune
+            return finetuned_model_dir(ctx.stage_store(self.upstream))
+
+        found = [resolve(e, self.model_config, finetuned, LLMConfig) for e in self.config.entries()]
         labels = [c.label for c in found]
         if len(set(labels)) != len(labels):
             raise PipelineError(f"stages.evaluate.models: labels must differ, got {labels}")
         return found
 
-    def finetuned_dir(self, ctx) -> Path:
-        """The directory the finetune stage saved its model to; a clear error when there is none."""
-        store = ctx.stage_store(self.upstream)
-        manifest = store.read_manifest()
-        if manifest is None:
-            raise PipelineError(f"a model is 'finetuned' but stage {self.upstream} has not finished: run it first "
-                                f"(--stage {self.upstream}), or evaluate other models with "
-                                "-o stages.evaluate.evaluate_finetuned=false --input humaneval")
-        model_dir = Path(manifest.get("model_dir") or store.dir / "model")
-        if not model_dir.is_absolute() and not model_dir.exists() and (store.dir / model_dir).exists():
-            model_dir = store.dir / model_dir
-        if not model_dir.exists():
-            raise PipelineError(f"stage {self.upstream} finished but its model directory {model_dir} does not exist")
-        return model_dir
-
     def preflight_checks(self, ctx) -> list:
-        """The sandbox, the benchmarks, and each model's longest prompt per benchmark plus ``max_tokens``.
-
-        A model named by path, alias or endpoint is checked with its own
-        tokenizer and context; the fine-tune, which does not exist yet, with the
-        base model's (its entry's settings applied). A benchmark that would be
-        downloaded when the stage runs is a warning, its prompts unchecked.
-        """
-        from pipeline.prompt_budget import prompt_checks
-
-        checks = sandbox_preflight(self.name, f"stages.{self.name}.sandbox", self.config.sandbox)
-        benches, cache = [], Path(self.run_config.work_dir) / "cache"
-        for spec in self.config.benchmarks:
-            url = pending_download(spec, self.config.benchmark_files, cache)
-            if url:
-                checks.append(Check(self.name, f"benchmark {spec}", "downloaded when the stage runs", url, WARN,
-                                    f"{self.name}: benchmark {spec} is not downloaded yet ({url}): its prompts are "
-                                    f"not checked (stages.{self.name}.benchmark_files.{spec} gives a local copy)"))
-                continue
-            try:
-                bench = load_benchmark(spec, self.config.benchmark_files, cache)
-                benches.append(bench.select(self.config.limit, self.config.task_ids))
-            except PipelineError as exc:
-                checks.append(Check(self.name, f"benchmark {spec}", "unavailable", "", FAIL, f"{self.name}: {exc}"))
-        n = 1 if self.config.greedy else self.config.samples
-        for entry in self.config.entries():
-            try:
-                contender = self.preflight_contender(entry)
-            except PipelineError as exc:
-                checks.append(Check(self.name, f"model {entry.label or entry.model}", "unusable", "", FAIL, str(exc)))
-                continue
-            for bench in benches:
-                fmt, problems = contender.prompt_format, bench.problems
-                prompts = [chat_messages(p) if fmt == "chat" else completion_prompt(p) for p in problems]
-                checks += prompt_checks(
-                    ctx, f"{self.name} ({contender.label}, {bench.name})", contender.llm_config, prompts,
-                    max_tokens=self.config.max_tokens, max_tokens_key=f"stages.{self.name}.max_tokens", n=n,
-                    rows=RowEstimate(len(problems), f"{len(problems)} {bench.name} problems"),
-                    sample=f"{len(problems)} problems, {fmt} format")
-        return checks
-
-    def preflight_contender(self, entry) -> Contender:
-        """The contender an entry names, the base model standing in for a fine-tune not trained yet."""
-        from pipeline.llm import LLMConfig
-
-        if entry.model != FINETUNED:
-            return resolve(entry, self.model_config, lambda: None, LLMConfig)
-        if self.model_config is None:
-            raise PipelineError(f"stages.{self.name}.models: 'finetuned' needs a model section (model.backend, "
-                                "model.model) for the fine-tune's tokenizer")
-        base = self.model_config.model_dump()
-        stand_in = {k: v for k, v in entry.settings.items() if k not in ("model", "tokenizer")}
-        found = resolve(entry.model_copy(update={"settings": stand_in}), self.model_config,
-                        lambda: base["model"], LLMConfig)
-        return replace(found, llm_config=found.llm_config.model_copy(update={"tokenizer": base["tokenizer"]}))
+        """The sandbox, the benchmarks, and each model's longest prompt per benchmark plus ``max_tokens``."""
+        return evaluation_checks(ctx, self.name, self.config, self.model_config)
 
     def open_backend(self, llm_config):
         """Start the generation backend for one model (tests replace this with a fixture)."""
@@ -214,7 +137,7 @@ class EvaluateStage(WholeStage):
         fields = report.summarize(benches, table)
         if judge is not None:
             fields["judge"] = judged_comparison(self, report, store.dir)
-        return {**manifest_fields(store.commit_log()), **fields}
+        return {**store.commit_log().manifest_fields(), **fields}
 
     @staticmethod
     def row_id(contender: Contender, benchmark: str, task_id: str, sample: int) -> str:
@@ -223,11 +146,7 @@ class EvaluateStage(WholeStage):
 
     def sampling(self, stop: list[str]):
         """Greedy decoding, or ``samples`` answers at ``temperature`` (the seeds are per problem: :meth:`row_seed`)."""
-        from pipeline.llm import SamplingParams
-
-        cfg = self.config
-        return SamplingParams(n=1 if cfg.greedy else cfg.samples, temperature=0.0 if cfg.greedy else cfg.temperature,
-                              top_p=1.0 if cfg.greedy else cfg.top_p, max_tokens=cfg.max_tokens, stop=stop)
+        return self.config.sampling(stop)
 
     def row_seed(self, contender: Contender, benchmark: str, task_id: str) -> int:
         """The sampling seed of one problem for one model: run seed, model, benchmark and task, never the batch.
@@ -257,7 +176,8 @@ class EvaluateStage(WholeStage):
                            for p, outs in zip(batch, outputs) for i, c in enumerate(outs)]
                 finish = [c.finish_reason for outs in outputs for c in outs]
                 scored = harness.score(bench, answers)
-                rows = [self.row(contender, bench.name, s, reason) for s, reason in zip(scored, finish)]
+                rows = [s.stage_row(self.row_id(contender, bench.name, s.answer.task_id, s.answer.sample), contender,
+                                    bench.name, reason) for s, reason in zip(scored, finish)]
                 stats = {f"{contender.label}_{bench.name}_passed": sum(r["passed"] for r in rows),
                          f"{contender.label}_{bench.name}_total": len(rows),
                          "cache_hits": sum(s.suites["base"].cached for s in scored)}
@@ -265,16 +185,3 @@ class EvaluateStage(WholeStage):
                 store.write_batch(stable_id(*ids), rows, self.output_schema(), [], ids, stats=stats,
                                   keep_dropped=self.run_config.keep_dropped)
                 bar.update(len(batch))
-
-    def row(self, contender: Contender, benchmark: str, scored, finish_reason: str) -> dict:
-        """One output row: the answer, its program and its verdicts."""
-        base, plus = scored.suites["base"], scored.suites.get("plus")
-        return {"id": self.row_id(contender, benchmark, scored.answer.task_id, scored.answer.sample),
-                "model": contender.label, "model_path": contender.model_path, "benchmark": benchmark,
-                "task_id": scored.answer.task_id, "sample": scored.answer.sample,
-                "prompt_format": contender.prompt_format, "completion": scored.answer.text,
-                "finish_reason": finish_reason, "program": scored.program, "status": base.status,
-                "passed": base.passed, "plus_status": plus.status if plus else None, "plus_passed": scored.plus_passed,
-                "time_limit_s": base.time_limit_s, "duration_s": base.duration_s, "stderr": base.stderr,
-                "program_hash": base.program_hash}
-

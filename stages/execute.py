@@ -1,7 +1,7 @@
 """execute: every response runs with its own tests in the Docker sandbox.
 
 The program for a response is its fenced Python blocks, in order, then a
-blank line, then its tests block (see ``pipeline.execution.build_program``).
+blank line, then its tests block (see ``pipeline.execution.verdicts.build_program``).
 A ``if __name__ == "__main__":`` block that reads standard input is left out,
 as in the published filter (``drop_stdin_main``; the sandbox has no input).
 Programs run in a pool of long-lived, locked-down containers (no network,
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import StageConfig
-from pipeline.execution import SandboxSession, build_program, sandbox_preflight
-from pipeline.progress import progress
-from pipeline.stage import BatchResult, MapStage
+from pipeline.execution.samples import EXECUTED_COLUMNS, with_verdict
+from pipeline.execution.verdicts import SandboxSession, build_program, sandbox_preflight, settings_without_verdict
+from pipeline.framework.config import StageConfig
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import BatchResult, MapStage
 from sandbox import SandboxConfig
 
 CARRIED = ("seed_id", "instruction_id", "instruction", "response", "tests")
@@ -55,28 +55,13 @@ class ExecuteStage(MapStage):
     parallel = False  # the sandbox pool runs programs in parallel itself
     ray_layout = "per_node"  # under Ray: one actor per node, owning a pool sized to that node's cores
     timing_columns = ("duration_s",)
-    unfingerprinted = ("sandbox.workers", "sandbox.build", "sandbox.debian_mirror", "sandbox.docker_url",
-                       "sandbox.start_timeout_s", "sandbox.host_grace_s", "sandbox.preload_modules")
+    unfingerprinted = settings_without_verdict()
     input_columns = {
         "id": "response id", "seed_id": "seed id", "instruction_id": "instruction id",
         "instruction": "the instruction", "response": "the response (fenced Python solution)",
         "tests": "the tests block",
     }
-    output_columns = {
-        "id": (pa.string(), "the response id"),
-        "seed_id": (pa.string(), "the seed this row comes from"),
-        "instruction_id": (pa.string(), "the instruction answered"),
-        "instruction": (pa.string(), "the instruction"),
-        "response": (pa.string(), "the response"),
-        "tests": (pa.string(), "the tests block"),
-        "status": (pa.string(), "passed, failed, timeout, oom or error"),
-        "passed": (pa.bool_(), "status == passed"),
-        "exit_code": (pa.int32(), "the program's exit code (null if killed or never run)"),
-        "duration_s": (pa.float64(), "wall-clock seconds the program ran"),
-        "stdout": (pa.string(), "tail of its standard output"),
-        "stderr": (pa.string(), "tail of its standard error"),
-        "program_hash": (pa.string(), "sha256 of the program run (the cache key)"),
-    }
+    output_columns = EXECUTED_COLUMNS
 
     def __init__(self, config: ExecuteConfig, pipeline_config: Any):
         super().__init__(config, pipeline_config)
@@ -117,9 +102,5 @@ class ExecuteStage(MapStage):
             result.count(f"status_{verdict['status']}")
             if verdict["cached"]:
                 result.count("cache_hits")
-            result.keep({
-                "id": row["id"], **{k: row[k] for k in CARRIED},
-                **{k: verdict[k] for k in ("status", "passed", "exit_code", "duration_s", "stdout", "stderr")},
-                "program_hash": verdict["program_hash"],
-            })
+            result.keep(with_verdict({"id": row["id"], **{k: row[k] for k in CARRIED}}, verdict))
         return result

@@ -10,15 +10,13 @@ An instruction shorter than ``min_chars`` is dropped as ``too_short``.
 
 from __future__ import annotations
 
-import random
-
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline.fewshot import Category, Difficulty, FewShotExample
-from pipeline.generation import GenerationConfig, GenerationStage
-from pipeline.ids import stable_id
-from pipeline.prompting import ParseFailure, PromptTask, section
+from pipeline.framework.ids import seeded_random, stable_id
+from pipeline.generation.fewshot import Category, Difficulty, FewShotExample
+from pipeline.generation.prompting import ParseFailure, PromptTask, section
+from pipeline.generation.stage import GenerationConfig, GenerationStage
 
 
 def _properties(category: str, difficulty: str, language: str = "Python") -> str:
@@ -103,7 +101,7 @@ class InstructionsStage(GenerationStage):
 
     def draw_properties(self, seed_id: str) -> tuple[str, str]:
         """The category and difficulty of a seed: a reproducible draw from the run seed and the seed id."""
-        rng = random.Random(int(stable_id(self.seed, "properties", seed_id), 16))
+        rng = seeded_random(self.seed, "properties", seed_id)
         names = list(self.config.categories)
         category = rng.choices(names, weights=[self.config.categories[n] for n in names])[0]
         return category, rng.choice(self.config.difficulties)

@@ -24,15 +24,14 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.config import StageConfig
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.preference_pairs import DEFAULT_REJECTED, group_by_instruction, pair_instruction
-from pipeline.progress import progress
-from pipeline.stage import WholeStage
+from pipeline.execution.samples import group_by_instruction
+from pipeline.framework.config import StageConfig
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import WholeStage
+from pipeline.framework.store import PartWriter
+from pipeline.training.conversation import MESSAGES
+from pipeline.training.pairs import DEFAULT_REJECTED, pair_instruction
 
-PART_ROWS = 10_000
-MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 CARRIED = ("id", "seed_id", "instruction_id", "instruction", "response", "tests", "status")
 
 
@@ -65,9 +64,9 @@ class PreferencesStage(WholeStage):
         "id": (pa.string(), "the pair id (from both sample ids)"),
         "seed_id": (pa.string(), "the seed the instruction comes from"),
         "instruction_id": (pa.string(), "the instruction answered"),
-        "prompt": (pa.list_(MESSAGE), "the instruction as a user turn"),
-        "chosen": (pa.list_(MESSAGE), "the passing answer as an assistant turn"),
-        "rejected": (pa.list_(MESSAGE), "the failing answer as an assistant turn"),
+        "prompt": (MESSAGES, "the instruction as a user turn"),
+        "chosen": (MESSAGES, "the passing answer as an assistant turn"),
+        "rejected": (MESSAGES, "the failing answer as an assistant turn"),
         "chosen_id": (pa.string(), "the passing sample's id"),
         "rejected_id": (pa.string(), "the failing sample's id"),
         "chosen_status": (pa.string(), "the chosen sample's verdict (passed)"),
@@ -77,34 +76,16 @@ class PreferencesStage(WholeStage):
 
     def run(self, ctx) -> dict:
         """Group the executed samples by instruction, pair them, write the pairs and the samples left out."""
-        store = ctx.store
-        store.reset_parts()  # a whole-input stage redoes everything: it is quick next to what came before
-        groups = group_by_instruction(ctx.source.iter_rows())
-        bar = progress(total=len(groups), desc="preference pairs", unit="instructions")
-        chunk: list[list[dict]] = []
-        for samples in groups.values():
-            chunk.append(samples)
-            if sum(len(c) for c in chunk) >= PART_ROWS:
-                self._write(store, chunk)
-                bar.update(len(chunk))
-                chunk = []
-        if chunk:
-            self._write(store, chunk)
-            bar.update(len(chunk))
-        bar.close()
-        return manifest_fields(store.commit_log())
-
-    def _write(self, store, groups: list[list[dict]]) -> None:
-        """One part: the pairs of these instructions, the samples they left out, counts of paired instructions."""
         cfg = self.config
-        pairs, dropped, stats = [], [], {"instructions": len(groups), "instructions_paired": 0}
-        for samples in groups:
+        ctx.store.reset_parts()  # a whole-input stage redoes everything: it is quick next to what came before
+        writer = PartWriter(ctx.store, self.output_schema(), self.run_config.keep_dropped)
+        groups = group_by_instruction(ctx.source.iter_rows())
+        bar = progress(total=len(groups), desc="preference pairs", unit="instructions", iterable=groups.values())
+        for samples in bar:
             pairing = pair_instruction(samples, self.seed, cfg.pairs_per_instruction, cfg.rejected_statuses,
                                        cfg.answer_includes_tests)
-            pairs += pairing.pairs
-            stats["instructions_paired"] += bool(pairing.pairs)
-            dropped += [{k: r.get(k) for k in CARRIED} | {"drop_reason": pairing.left_out[r["id"]]}
+            left_out = [{k: r.get(k) for k in CARRIED} | {"drop_reason": pairing.left_out[r["id"]]}
                         for r in samples if r["id"] in pairing.left_out]
-        ids = [r["id"] for samples in groups for r in samples]
-        store.write_batch(stable_id(*ids), pairs, self.output_schema(), dropped, ids, stats,
-                          keep_dropped=self.run_config.keep_dropped)
+            writer.add([r["id"] for r in samples], pairing.pairs, left_out,
+                       {"instructions": 1, "instructions_paired": int(bool(pairing.pairs))})
+        return writer.close()

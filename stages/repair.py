@@ -30,56 +30,18 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.errors import PipelineError
-from pipeline.execution import SandboxSession, build_program, sandbox_preflight
-from pipeline.fewshot import load_bank
-from pipeline.generation import GenerationConfig, ask
-from pipeline.ids import stable_id
-from pipeline.map_runner import manifest_fields
-from pipeline.preference_pairs import group_by_instruction, seeded_order
-from pipeline.progress import progress
-from pipeline.prompting import ParseFailure, answer_with_tests, section
-from pipeline.stage import WholeStage
+from pipeline.execution.samples import EXECUTED_COLUMNS, FAILED_STATUSES, group_by_instruction, with_verdict
+from pipeline.execution.verdicts import SandboxSession, build_program, sandbox_preflight
+from pipeline.framework.ids import seed_from, seeded_order, stable_id
+from pipeline.framework.progress import progress
+from pipeline.framework.stage import WholeStage
+from pipeline.framework.store import PartWriter
+from pipeline.generation.fewshot import load_bank
+from pipeline.generation.prompting import ParseFailure
+from pipeline.generation.responses import RepairTask
+from pipeline.generation.stage import GenerationConfig, ask, open_backend
 from sandbox import SandboxConfig
-from stages.responses import ResponseTask
 
-PART_ROWS = 10_000
-REPAIRABLE = ("failed", "timeout", "oom")
-VERDICT = ("status", "passed", "exit_code", "duration_s", "stdout", "stderr", "program_hash")
-#: The first columns of a sample row, as this stage writes them and the dedup stage keeps them.
-SAMPLE_COLUMNS = {
-    "id": (pa.string(), "the sample id"),
-    "seed_id": (pa.string(), "the seed this row comes from"),
-    "instruction_id": (pa.string(), "the instruction answered"),
-    "instruction": (pa.string(), "the instruction"),
-    "response": (pa.string(), "the response"),
-}
-
-
-class RepairTask(ResponseTask):
-    """An instruction (with, for feedback, the failed attempt and its test output) in; a response with tests out.
-
-    The examples, the answer's header and its parsing are the responses stage's.
-    """
-
-    preamble = (
-        "Each example below gives a programming instruction and then a response that solves it: a brief "
-        "explanation and the complete Python solution in one fenced code block, followed by a tests section "
-        "with assert statements that check it. When an earlier attempt and its test output are shown, the "
-        "response fixes what made that attempt fail."
-    )
-    chat_reminder = ""
-
-    def __init__(self, feedback: bool, tail_chars: int):
-        self.feedback, self.tail_chars = feedback, tail_chars
-
-    def query(self, row: dict) -> str:
-        text = section("Instruction", row["instruction"])
-        if self.feedback and row.get("response") is not None:
-            output = (row.get("stderr") or row.get("stdout") or f"(no output; verdict {row['status']})")
-            text += "\n" + section("Failed attempt", answer_with_tests(row["response"], row["tests"]))
-            text += "\n" + section("Test output", output[-self.tail_chars:])
-        return text
 
 
 class RepairConfig(GenerationConfig):
@@ -112,15 +74,7 @@ class RepairStage(WholeStage):
         "response": "the response", "tests": "its tests", "status": "its verdict", "passed": "whether it passed",
     }
     output_columns = {
-        **SAMPLE_COLUMNS,
-        "tests": (pa.string(), "its tests"),
-        "status": (pa.string(), "its verdict: passed, failed, timeout, oom or error"),
-        "passed": (pa.bool_(), "whether its tests passed"),
-        "exit_code": (pa.int32(), "the program's exit code (null if killed or never run)"),
-        "duration_s": (pa.float64(), "seconds the program ran"),
-        "stdout": (pa.string(), "tail of its standard output"),
-        "stderr": (pa.string(), "tail of its standard error"),
-        "program_hash": (pa.string(), "sha256 of the program run"),
+        **EXECUTED_COLUMNS,
         "round": (pa.int32(), "0: sampled by the responses stage; r: written in repair round r"),
         "repaired_from": (pa.string(), "the failed sample shown to the model (null in round 0 and without feedback)"),
     }
@@ -138,14 +92,11 @@ class RepairStage(WholeStage):
         """With rounds to run: the sandbox answers, and the longest repair prompts fit the model's context."""
         if not self.config.rounds:
             return []
-        from pipeline.prompt_budget import prompt_checks
+        from pipeline.generation.budget import prompt_checks
 
         cfg = self.config
-        rows = [r for r in ctx.sample_rows(self.upstream, ["instruction", "response", "tests", "stderr", "stdout", "status", "id"],
-                                        8)
-                if r.get("status") in REPAIRABLE]
-        bank = load_bank(Path(cfg.fewshot_file))
-        prompts = [self.prompt(bank, row, 1) for row in rows]
+        columns = ["id", "instruction", "response", "tests", "stderr", "stdout", "status"]
+        prompts = [self.prompt(r, 1) for r in ctx.sample_rows(self.upstream, columns, 8) if r.get("status") in FAILED_STATUSES]
         attempts = ctx.rows_in(self.name).times(cfg.rounds * cfg.n, "rounds x n (at most)")
         return [*sandbox_preflight(self.name, f"stages.{self.name}.sandbox", cfg.sandbox),
                 *prompt_checks(ctx, self.name, self.model_config, prompts, max_tokens=cfg.max_tokens,
@@ -156,13 +107,19 @@ class RepairStage(WholeStage):
         """Every input row, plus at most ``rounds x n`` attempts per row (only unsolved instructions get them)."""
         return rows_in.times(1 + self.config.rounds * self.config.n, "1 + rounds x n (at most)")
 
-    def prompt(self, bank, row: dict, round_no: int):
+    def prompt(self, row: dict, round_no: int):
         """The prompt (text, or chat turns) showing ``row``'s failure in round ``round_no``."""
-        cfg = self.config
-        examples = bank.sample(cfg.fewshot_k, self.seed, self.name, row["id"], round_no, max_chars=cfg.fewshot_max_chars)
-        if cfg.mode == "chat":
-            return self.task.chat_messages(examples, row, cfg.chat_reminder)
-        return self.task.completion_prompt(examples, row)
+        examples = self.config.examples(load_bank(Path(self.config.fewshot_file)), self.seed, self.name, row["id"],
+                                        round_no)
+        return self.task.render(examples, row, chat=self.config.mode == "chat", reminder=self.config.chat_reminder)
+
+    def show_prompt(self, row: dict):
+        """``--show-prompt``: the round-1 prompt showing a failed sample (a row of the execute stage)."""
+        return self.prompt(row, 1)
+
+    def prompt_rows(self, ctx):
+        """The samples a repair round would show: the failed ones."""
+        return (row for row in ctx.source.iter_rows() if row.get("status") in FAILED_STATUSES)
 
     def run(self, ctx) -> dict:
         """Pass the samples through, run the repair rounds, write everything with its round."""
@@ -171,14 +128,19 @@ class RepairStage(WholeStage):
         inputs = [{**row, "round": 0, "repaired_from": None} for row in ctx.source.iter_rows()]
         groups = group_by_instruction(inputs)
         unsolved = {iid: samples for iid, samples in groups.items()
-                    if not any(r["passed"] for r in samples) and any(r["status"] in REPAIRABLE for r in samples)}
+                    if not any(r["passed"] for r in samples) and any(r["status"] in FAILED_STATUSES for r in samples)}
         stats = {"instructions_unsolved": len(unsolved), "rescued": 0}
         attempts, dropped = [], []
         if unsolved and self.config.rounds:
             attempts, dropped = self.repair(unsolved, stats)
         stats["still_unsolved"] = stats["instructions_unsolved"] - stats["rescued"]
-        self._write(store, inputs, attempts, dropped, stats)
-        return manifest_fields(store.commit_log())
+        writer = PartWriter(store, self.output_schema(), self.run_config.keep_dropped)
+        for row in inputs:  # the samples, then the attempts (not input rows); drops and counters with the last part
+            writer.add([row["id"]], [row])
+        for row in attempts:
+            writer.add(kept=[row])
+        writer.add(dropped=dropped, stats=stats)
+        return writer.close()
 
     def repair(self, unsolved: dict[str, list[dict]], stats: dict) -> tuple[list[dict], list[dict]]:
         """The repair rounds: every attempt with its verdict, and the attempts that could not be parsed."""
@@ -194,15 +156,14 @@ class RepairStage(WholeStage):
                 dropped += bad
                 verdicts = session.run({r["id"]: build_program(r["response"], r["tests"], cfg.drop_stdin_main)
                                         for r in new})
-                for row in new:
-                    row.update({k: verdicts[row["id"]][k] for k in VERDICT})
+                new = [with_verdict(row, verdicts[row["id"]]) for row in new]
                 attempts += new
                 rescued = {r["instruction_id"] for r in new if r["passed"]}
                 stats[f"rescued_round_{round_no}"] = len(rescued)
                 stats["rescued"] += len(rescued)
                 stats["repair_attempts"] = stats.get("repair_attempts", 0) + len(new)
                 for iid in targets:
-                    failures = [r for r in new if r["instruction_id"] == iid and r["status"] in REPAIRABLE]
+                    failures = [r for r in new if r["instruction_id"] == iid and r["status"] in FAILED_STATUSES]
                     if iid in rescued:
                         del latest[iid]
                     elif failures:
@@ -220,26 +181,17 @@ class RepairStage(WholeStage):
 
     def shown(self, samples: list[dict]) -> dict:
         """The failed sample shown to the model: the first repairable one in seeded order."""
-        return next(r for r in seeded_order(samples, self.seed) if r["status"] in REPAIRABLE)
+        return next(r for r in seeded_order(samples, self.seed) if r["status"] in FAILED_STATUSES)
 
     def attempts(self, shown: list[dict], round_no: int) -> tuple[list[dict], list[dict]]:
         """New responses for each shown failure in round ``round_no``: parsed attempts, and unparsable ones."""
-        from pipeline.llm import SamplingParams, create_backend
-
         cfg = self.config
-        if self.model_config is None:
-            raise PipelineError("stage repair generates text: the config needs a model section (model.backend, "
-                                "model.model)")
-        bank = load_bank(Path(cfg.fewshot_file))
         if self._backend is None:
-            self._backend = create_backend(self.model_config)
-        chat = cfg.mode == "chat"
-        prompts = [self.prompt(bank, row, round_no) for row in shown]
-        params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                repetition_penalty=cfg.repetition_penalty, stop=self.task.stop(),
-                                seed=int(stable_id(self.seed, self.name, round_no, *(r["id"] for r in shown)), 16)
-                                % 2**31)
-        answers = ask(self._backend, self.task, prompts, params, chat=chat)
+            self._backend = open_backend(self.name, self.model_config)
+        prompts = [self.prompt(row, round_no) for row in shown]
+        params = cfg.sampling(self.task.stop(),  # one seed per round and batch, as this stage always drew it
+                              seed=seed_from(self.seed, self.name, round_no, *(r["id"] for r in shown)))
+        answers = ask(self._backend, self.task, prompts, params, chat=cfg.mode == "chat")
         new, bad = [], []
         for row, samples in zip(shown, answers):
             for index, (completion, parsed) in enumerate(samples):
@@ -254,14 +206,3 @@ class RepairStage(WholeStage):
                     "round": round_no, "repaired_from": row["id"] if cfg.feedback else None,
                 })
         return new, bad
-
-    def _write(self, store, inputs: list[dict], attempts: list[dict], dropped: list[dict], stats: dict) -> None:
-        """The samples then the attempts in parts; each part records the input ids it holds, the last the stats."""
-        rows = inputs + attempts
-        chunks = [rows[i : i + PART_ROWS] for i in range(0, len(rows), PART_ROWS)] or [[]]
-        for n, chunk in enumerate(chunks):
-            last = n == len(chunks) - 1
-            ids = [r["id"] for r in chunk if r["round"] == 0]
-            store.write_batch(stable_id(n, *(r["id"] for r in chunk)), chunk, self.output_schema(),
-                              dropped if last else [], ids, stats if last else None,
-                              keep_dropped=self.run_config.keep_dropped)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.code_files import stdlib_dir
+from pipeline.analysis.code_files import stdlib_dir
 
 REPO = Path(__file__).resolve().parent.parent
 STDLIB_PICK = [
@@ -84,7 +84,7 @@ def stage_command(tmp_path: Path, stage: str, rows: list[dict], seed: int = 42, 
 
 def run_stage_on_rows(tmp_path: Path, stage: str, rows: list[dict], seed: int = 42, **settings):
     """Run one stage through the command line on ``rows`` (as ``--input`` JSONL); return manifest, kept, dropped."""
-    from pipeline.store import StageStore
+    from pipeline.framework.store import StageStore
 
     result = run_cli(*stage_command(tmp_path, stage, rows, seed, **settings))
     assert result.returncode == 0, result.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.store import StageStore
-from pipeline.typecheck import TypecheckError, find_basedpyright
+from pipeline.analysis.typecheck import TypecheckError, find_basedpyright
+from pipeline.framework.store import StageStore
 from tests.conftest import require_installed, run_cli
 from tests.llm_fixtures import closed_port
 

@@ -19,8 +19,8 @@ from pipeline.benchmarks.formats import read_problems
 from pipeline.benchmarks.harness import Answer, Harness, TimeLimits
 from pipeline.benchmarks.passk import pass_at_k, scores
 from pipeline.benchmarks.results import benchmark_scores, flipped, table_lines
-from pipeline.errors import PipelineError
-from pipeline.execution import SandboxSession
+from pipeline.execution.verdicts import SandboxSession
+from pipeline.framework.errors import PipelineError
 from sandbox import SandboxConfig
 from tests.conftest import run_cli
 

@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.chat.preamble import load_preamble
 from pipeline.chat.session import ChatSession
-from pipeline.errors import ConfigError
+from pipeline.framework.errors import ConfigError
 from pipeline.llm import LLMConfig, SamplingParams, apply_stop, create_backend
 from pipeline.llm.streaming import StopScanner, stream_with_stops, turn_end_marker
 from tests.conftest import REPO

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.store import StageStore
+from pipeline.framework.store import StageStore
 from tests.conftest import REPO, run_cli, write_recipe
 
 def error_line(stderr: str) -> str:
@@ -43,7 +43,7 @@ def test_help_lists_every_stage_of_the_design():
 def test_unbuilt_stage_says_so(tmp_path, stdlib_corpus, capsys):
     """A stage listed as planned shows in --help and --status, and refuses to run with its issue number."""
     from pipeline.cli import main
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     registry = [*PIPELINE, PlannedStage("humaneval_plus", "HumanEval+ on the fine-tuned model", "evaluate", 42)]
@@ -184,10 +184,10 @@ def test_real_publish_uploads_the_dry_run_folder(tmp_path, stdlib_corpus, monkey
     import huggingface_hub
 
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, load_config
-    from pipeline.hub import publish
-    from pipeline.runner import Runner
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model, load_config
+    from pipeline.framework.runner import Runner
+    from pipeline.framework.stage import PlannedStage
+    from pipeline.publishing.hub import publish
     from stages import PIPELINE
 
     calls = []

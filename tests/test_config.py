@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from pipeline.cli import _model_config_class
-from pipeline.config import apply_overrides, build_config_model, load_config
-from pipeline.errors import ConfigError
-from pipeline.stage import PlannedStage
+from pipeline.framework.config import apply_overrides, build_config_model, load_config
+from pipeline.framework.errors import ConfigError
+from pipeline.framework.stage import PlannedStage
 from stages import PIPELINE
 from tests.conftest import REPO, run_cli
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.contamination: HumanEval / JSONL benchmark decontamination."""
+"""Tests for pipeline.decontamination.index: HumanEval / JSONL benchmark decontamination."""
 
 from __future__ import annotations
 
@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.contamination import (
-    BenchmarkEntry,
-    BenchmarkIndex,
-    humaneval_entries,
-    jsonl_entries,
-    load_humaneval,
-    normalize_whitespace,
-)
-from pipeline.pysource import UnparsableSource, extract_functions
+from pipeline.analysis.pysource import UnparsableSource, extract_functions
+from pipeline.benchmarks.humaneval import load_humaneval
+from pipeline.decontamination.entries import BenchmarkEntry, humaneval_entries, jsonl_entries
+from pipeline.decontamination.index import BenchmarkIndex
+from pipeline.framework.text import normalize_whitespace
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import pytest
 from pipeline.conversations import ConversationsConfig, ConversationSource
 from pipeline.conversations.instructions import instruction_conversations
 from pipeline.conversations.oasst import oasst_conversations
-from pipeline.errors import InputError
-from pipeline.inputs import open_input
+from pipeline.framework.errors import InputError
+from pipeline.framework.inputs import open_input
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 
 
@@ -187,11 +187,11 @@ def test_a_table_of_another_layout_is_a_one_line_error_naming_the_file(tmp_path)
 
 
 def test_finetune_reads_the_dataset_its_config_names_and_reports_the_conversion(tmp_path, tiny_model_dir):  # noqa: F811
-    from tests.test_finetune_stage import recipe
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, validate_config
-    from pipeline.runner import Runner
+    from pipeline.framework.config import build_config_model, validate_config
+    from pipeline.framework.runner import Runner
     from stages import PIPELINE
+    from tests.test_finetune_stage import recipe
 
     data = tmp_path / "oasst.jsonl"
     write_jsonl(data, TREES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from pipeline.contamination import load_humaneval
+from pipeline.benchmarks.humaneval import load_humaneval
 from tests.conftest import run_stage_on_rows
 
 CODE = "```python\ndef {name}(values):\n    total = 0\n    for v in values:\n        total += v * {k}\n    return total\n```"
@@ -41,7 +41,7 @@ def planted_rows() -> list[dict]:
 
 
 def test_placeholders_and_stubs_but_not_a_pass_in_an_except():
-    from stages.dedup import format_problem
+    from pipeline.dedup.filters import format_problem
 
     fenced = lambda code: f"```python\n{code}\n```"  # noqa: E731
     assert format_problem(fenced("def f(x):\n    pass"), "assert f(1) is None") == "format_placeholder"

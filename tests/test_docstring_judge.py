@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import yaml
 
-from pipeline.docstring_judge import (
+from pipeline.framework.store import StageStore
+from pipeline.generation.docstring_judge import (
     DocstringJudgeTask, JudgeSettings, SignatureJudgeTask, judge_docstrings, signature_and_docstring,
 )
-from pipeline.fewshot import DEFAULT_JUDGE_BANK, load_judge_bank
+from pipeline.generation.fewshot import DEFAULT_JUDGE_BANK, load_judge_bank
+from pipeline.generation.prompting import ParseFailure
 from pipeline.llm import Backend, Completion
-from pipeline.prompting import ParseFailure
-from pipeline.store import StageStore
 from tests.conftest import run_cli, write_recipe
 from tests.llm_fixtures import judge_says_yes, replay_model_section, replay_server  # noqa: F401 - fixture
 from tests.llm_fixtures import _openai_server_session, openai_server, tiny_backend, tiny_model_dir  # noqa: F401

@@ -25,22 +25,21 @@ from pipeline.benchmarks.answers import (
     truncate_completion,
 )
 from pipeline.benchmarks.catalog import load_benchmark
+from pipeline.benchmarks.catalog import humaneval_records
 from pipeline.benchmarks.contenders import Contender
 from pipeline.benchmarks.harness import Answer, Harness
 from pipeline.benchmarks.judge import OUTCOMES, combine, parse_verdict
 from pipeline.benchmarks.source import BenchmarkSource
 from pipeline.cli import _model_config_class
-from pipeline.config import StageConfig, build_config_model, load_config
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.execution import SandboxSession
+from pipeline.execution.verdicts import SandboxSession
+from pipeline.framework.config import StageConfig, build_config_model, load_config
+from pipeline.framework.errors import ConfigError, PipelineError
+from pipeline.framework.runner import DONE, STALE, Runner
+from pipeline.framework.stage import WholeStage
 from pipeline.llm import Backend, Completion
-from pipeline.map_runner import manifest_fields
-from pipeline.runner import DONE, STALE, Runner
-from pipeline.stage import WholeStage
 from sandbox import SandboxConfig
 from stages.evaluate import EvaluateConfig, EvaluateStage
 from tests.conftest import run_cli
-from pipeline.benchmarks.catalog import humaneval_records
 from tests.llm_fixtures import openai_server, _openai_server_session, tiny_backend, tiny_model_dir  # noqa: F401
 
 HUMANEVAL = load_benchmark("humaneval")
@@ -292,7 +291,7 @@ class FakeFinetune(WholeStage):
     def run(self, ctx):
         row = {"id": "model", "model_dir": self.config.model_dir}
         ctx.store.write_batch("model", [row], self.output_schema(), [], ["model"])
-        return {**manifest_fields(ctx.store.commit_log()), "model_dir": self.config.model_dir}
+        return {**ctx.store.commit_log().manifest_fields(), "model_dir": self.config.model_dir}
 
 
 def make_runner(tmp_path, evaluate_stage, model: str, model_dir: str, work: str = "work", model_batch: int = 8,

@@ -11,8 +11,8 @@ import time
 import pytest
 import yaml
 
-from pipeline.execution import build_program
-from pipeline.store import StageStore
+from pipeline.execution.verdicts import build_program
+from pipeline.framework.store import StageStore
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.docker
@@ -90,10 +90,10 @@ def test_a_sandbox_fault_is_not_cached_and_a_plain_rerun_retries_it(tmp_path):
     """Killing the container twice under a job gives status ``error`` (the sandbox's fault, not the program's):
     that verdict must not be cached, and the same command again (no --force) runs the program afresh."""
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, load_config
-    from pipeline.execution import program_hash
-    from pipeline.runner import STALE, Runner
-    from pipeline.stage import PlannedStage
+    from pipeline.execution.verdicts import program_hash
+    from pipeline.framework.config import build_config_model, load_config
+    from pipeline.framework.runner import STALE, Runner
+    from pipeline.framework.stage import PlannedStage
     from sandbox.container import LABEL_OWNER_PID
     from sandbox.engine import connect
     from stages import PIPELINE

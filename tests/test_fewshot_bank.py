@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.pysource import extract_functions, uses_banned_module
+from pipeline.analysis.pysource import extract_functions, uses_banned_module
 
 BANK = Path(__file__).resolve().parent.parent / "configs" / "fewshot.yaml"
 REQUIRED_KEYS = ("id", "seed", "concepts", "properties", "instruction", "response", "tests")

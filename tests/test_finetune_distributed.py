@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 from tests.conftest import REPO
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 from tests.test_finetune_stage import conversation, recipe, run_stage, write_data
@@ -240,9 +240,9 @@ def test_accumulation_is_shared_among_the_processes():
 
 def test_a_map_stage_refuses_a_multi_process_launch(tmp_path, tiny_model_dir, monkeypatch):  # noqa: F811
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, validate_config
-    from pipeline.runner import Runner
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model, validate_config
+    from pipeline.framework.runner import Runner
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     monkeypatch.setenv("WORLD_SIZE", "2")

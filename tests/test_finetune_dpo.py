@@ -13,8 +13,8 @@ import time
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
-from pipeline.store import StageStore
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.store import StageStore
 from tests.conftest import REPO, run_cli, stage_command
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 from tests.test_finetune_stage import recipe, run_stage, write_data
@@ -56,7 +56,7 @@ def test_dpo_trains_on_the_preference_pairs_of_the_work_dir(tmp_path, tiny_model
     assert "### Response" in tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
                                                            add_generation_prompt=True)
     # the run is done, not stale: the runner compares it with the preferences stage it read
-    from pipeline.runner import DONE
+    from pipeline.framework.runner import DONE
     assert _runner(config).state("finetune").state == DONE
 
 
@@ -80,9 +80,9 @@ def test_a_pair_not_in_the_conversational_layout_is_a_one_line_error(tmp_path, t
 
 def _runner(config: dict):
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, validate_config
-    from pipeline.runner import Runner
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model, validate_config
+    from pipeline.framework.runner import Runner
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     model = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},

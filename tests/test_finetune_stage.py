@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 from tests.conftest import REPO
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 
@@ -44,9 +44,9 @@ def recipe(tmp_path: Path, model_dir: Path, hub: dict | None = None, **finetune)
 def run_stage(data: dict, input_path: Path) -> dict:
     """Validate a recipe and run the finetune stage in this process; return its manifest."""
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, validate_config
-    from pipeline.runner import Runner
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model, validate_config
+    from pipeline.framework.runner import Runner
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     model = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},
@@ -152,8 +152,8 @@ def test_paper_recipe_section_parses_with_the_papers_defaults():
 
 def test_openassistant_recipe_validates():
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, load_config
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model, load_config
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     model = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},

@@ -14,17 +14,17 @@ import pytest
 import yaml
 
 from pipeline.cli import _model_config_class
-from pipeline.config import build_config_model, load_config
-from pipeline.errors import ConfigError
-from pipeline.fewshot import DEFAULT_BANK, load_bank
-from pipeline.prompting import EXAMPLE_HEADER, ParseFailure
-from pipeline.runner import Runner
-from pipeline.stage import PlannedStage
-from pipeline.store import StageStore
+from pipeline.framework.config import build_config_model, load_config
+from pipeline.framework.errors import ConfigError
+from pipeline.framework.runner import Runner
+from pipeline.framework.stage import PlannedStage
+from pipeline.framework.store import StageStore
+from pipeline.generation.fewshot import DEFAULT_BANK, load_bank
+from pipeline.generation.prompting import EXAMPLE_HEADER, ParseFailure
+from pipeline.generation.responses import ResponseTask
 from stages import PIPELINE
 from stages.concepts import ConceptsTask
 from stages.instructions import InstructionsStage, InstructionTask
-from stages.responses import ResponseTask
 from tests.conftest import REPO, run_cli
 from tests.llm_fixtures import replay_model_section, replay_server, tiny_model_dir  # noqa: F401 - fixtures
 
@@ -257,7 +257,7 @@ def test_chat_mode_runs_on_the_chat_template(tmp_path, bank_file, tiny_model_dir
 
 
 def test_missing_model_section_is_a_clear_error(tmp_path, bank_file, tiny_model_dir):
-    from pipeline.errors import PipelineError
+    from pipeline.framework.errors import PipelineError
 
     config = load_config(_recipe(tmp_path, bank_file, tiny_model_dir), MODEL, ["model=null"])
     with pytest.raises(PipelineError, match="needs a model section"):

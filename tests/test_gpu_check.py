@@ -77,7 +77,7 @@ def test_the_check_and_training_modules_import_without_the_projects_other_depend
     python = restricted_python(tmp_path, GPU_MACHINE, without=("pydantic", "pydantic-core"))
     missing = python("-c", "import pydantic", timeout=120)
     assert missing.returncode != 0 and "No module named 'pydantic'" in missing.stderr  # the restriction holds
-    code = ("import sys, pipeline.training.gpu_check, pipeline.training.adapters, pipeline.training.distributed, "
+    code = ("import sys, pipeline.gpu_check, pipeline.training.adapters, pipeline.training.distributed, "
             "pipeline.training.data, pipeline.training.modeling, pipeline.training.layouts; "
             "print(sorted({'pyarrow', 'datasets', 'docker', 'pydantic', 'matplotlib', 'datasketch'} & set(sys.modules)))")
     result = python("-c", code, timeout=300)
@@ -90,7 +90,7 @@ def test_gpu_check_dry_run_completes_with_only_the_gpu_machines_packages(tmp_pat
     """The dry run's table and JSON: tiny model training, LoRA, generation at two batch sizes, 15B skipped."""
     out = tmp_path / "check.json"
     python = restricted_python(tmp_path, GPU_MACHINE)
-    result = python("-m", "pipeline.training.gpu_check", "--dry", "--out", str(out))
+    result = python("-m", "pipeline.gpu_check", "--dry", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "DRY RUN (CPU, tiny model)" in result.stdout and f"written: {out}" in result.stdout
     report = json.loads(out.read_text())
@@ -117,7 +117,7 @@ def test_the_stage_row_runs_the_finetune_stage_on_the_saved_model(tmp_path):
     """Where the pipeline's dependencies exist (here), the check runs the real stage and reads its manifest."""
     import torch
 
-    from pipeline.training import gpu_check
+    from pipeline import gpu_check
 
     config = gpu_check.starcoder2_config(gpu_check.TINY, 128)
     tokenizer = gpu_check.build_tokenizer(config.vocab_size)

@@ -24,7 +24,7 @@ def test_each_assert_is_a_case_after_the_statements_before_it():
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    from pipeline.execution import SandboxSession
+    from pipeline.execution.verdicts import SandboxSession
 
     opened = SandboxSession(SandboxConfig(workers=2, timeout_s=3), tmp_path_factory.mktemp("work")).open()
     yield opened

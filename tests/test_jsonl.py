@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.benchmarks.judge import read_requests
 from pipeline.benchmarks.scoring import read_answers
-from pipeline.errors import InputError, PipelineError
-from pipeline.jsonl import jsonl_records
+from pipeline.framework.errors import InputError, PipelineError
+from pipeline.framework.jsonl import jsonl_records
 
 
 def test_records_skip_blank_lines_and_a_byte_order_mark(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for pipeline.minhash and pipeline.near_dedup, on real standard-library
+"""Tests for pipeline.dedup.minhash and pipeline.dedup.near_dedup, on real standard-library
 functions with planted near-copies, against the real datasketch."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 from pydantic import ValidationError
 
-from pipeline.minhash import EMPTY_HASH, minhash_signatures, shingle_hash, shingles, tokenize
-from pipeline.near_dedup import (
+from pipeline.dedup.minhash import EMPTY_HASH, minhash_signatures, shingle_hash, shingles, tokenize
+from pipeline.dedup.near_dedup import (
     NearDedupConfig,
     candidate_pairs,
     dedup_signatures,

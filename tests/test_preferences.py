@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pipeline.store import StageStore
+from pipeline.framework.store import StageStore
 from tests.conftest import run_cli, run_stage_on_rows, sigkill_after_parts, stage_command
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
 

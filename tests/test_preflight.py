@@ -96,7 +96,7 @@ def test_completion_prompt_counted_exactly(tmp_path):
     import pyarrow as pa
     from transformers import AutoTokenizer
 
-    from pipeline.store import StageStore
+    from pipeline.framework.store import StageStore
     from stages.concepts import ConceptsTask
     from stages.seeds import SeedsStage
 

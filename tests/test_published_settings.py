@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.cli import _model_config_class
-from pipeline.config import build_config_model, load_config
+from pipeline.framework.config import build_config_model, load_config
 from stages import PIPELINE
 from tests.conftest import REPO
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture
@@ -89,7 +89,7 @@ def test_a_main_block_reading_stdin_is_cut_and_the_tests_then_run(tmp_path):
     import subprocess
     import sys
 
-    from pipeline.execution import build_program
+    from pipeline.execution.verdicts import build_program
     from stages.execute import ExecuteConfig
 
     assert ExecuteConfig().drop_stdin_main is True
@@ -109,7 +109,7 @@ def test_a_main_block_reading_stdin_is_cut_and_the_tests_then_run(tmp_path):
 
 
 def test_a_main_block_without_input_is_kept():
-    from pipeline.execution import without_stdin_main
+    from pipeline.execution.verdicts import without_stdin_main
 
     code = 'def f():\n    return 1\n\nif __name__ == "__main__":\n    print(f())'
     assert without_stdin_main(code) == code
@@ -128,7 +128,7 @@ def test_seeds_stream_the_stack_dedup():
 
 # -- c. seeds: near-dedup and the docstring judge -------------------------------------------------
 def test_paper_seeds_near_dedup_and_judge_reading_the_whole_function():
-    from pipeline.docstring_judge import JudgeSettings, judge_docstrings
+    from pipeline.generation.docstring_judge import JudgeSettings, judge_docstrings
     from tests.test_docstring_judge import ScriptedBackend
 
     seeds = paper_recipe().stages.seeds
@@ -180,7 +180,7 @@ def wrong_alone(x: int) -> str:
 
 
 def test_a_seed_is_typechecked_alone_with_its_imports_and_file_helpers_drop_under_their_own_reason():
-    from pipeline.pysource import extract_functions
+    from pipeline.analysis.pysource import extract_functions
     from stages.seeds import SeedsConfig, SeedsStage
 
     by_name = {f.name: f for f in extract_functions(UNIT_FILE)}
@@ -279,8 +279,9 @@ def _write_fixtures(tmp_path):
 
 
 def test_benchmark_loaders_read_local_files_in_the_hub_layouts(tmp_path):
-    from pipeline.benchmark_data import load_benchmark
-    from pipeline.contamination import BenchmarkFile, BenchmarkIndex, benchmark_index
+    from pipeline.decontamination.benchmark_data import load_benchmark
+    from pipeline.decontamination.index import BenchmarkIndex
+    from pipeline.decontamination.sources import BenchmarkFile, benchmark_index
 
     mbpp, ds1000 = _write_fixtures(tmp_path)
     [m] = load_benchmark("mbpp", mbpp)
@@ -298,8 +299,8 @@ def test_benchmark_loaders_ask_the_hub_for_the_published_datasets(tmp_path, monk
     """The Hub cannot be reached here: ``datasets.load_dataset`` is replaced by a recorder serving fixture rows."""
     import datasets
 
-    from pipeline.benchmark_data import load_benchmark
-    from pipeline.errors import ConfigError
+    from pipeline.decontamination.benchmark_data import load_benchmark
+    from pipeline.framework.errors import ConfigError
 
     calls = []
 
@@ -342,6 +343,7 @@ def test_finetune_uses_the_released_starcoder2_instruct_format_and_no_clipping(t
 
     from pipeline.training.data import IGNORE, ConversationEncoder
     from pipeline.training.formats import STARCODER2_INSTRUCT_SYSTEM
+    from pipeline.training.trainers import training_arguments
     from stages.finetune import FinetuneConfig, FinetuneStage
 
     recipe = paper_recipe()
@@ -360,6 +362,6 @@ def test_finetune_uses_the_released_starcoder2_instruct_format_and_no_clipping(t
     assert tokenizer.decode(answer) == "def add(a, b): ..." + tokenizer.eos_token
     recipe.run.work_dir = tmp_path
     stage = FinetuneStage(FinetuneConfig(), recipe)
-    assert stage.training_arguments(tmp_path, bf16=False, cuda=False).max_grad_norm == 0.0
+    assert training_arguments(stage.config, tmp_path, False, False, stage.seed).max_grad_norm == 0.0
     clipped = FinetuneStage(FinetuneConfig(max_grad_norm=1.0), recipe)
-    assert clipped.training_arguments(tmp_path, bf16=False, cuda=False).max_grad_norm == 1.0
+    assert training_arguments(clipped.config, tmp_path, False, False, clipped.seed).max_grad_norm == 1.0

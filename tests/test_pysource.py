@@ -1,4 +1,4 @@
-"""Tests for pipeline.pysource: seed-function extraction and its precomputed facts."""
+"""Tests for pipeline.analysis.pysource: seed-function extraction and its precomputed facts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.pysource import (
+from pipeline.analysis.pysource import (
     DEFAULT_BANNED_MODULES,
     FunctionInfo,
     UnparsableSource,

@@ -16,7 +16,7 @@ import time
 
 import yaml
 
-from pipeline.store import StageStore
+from pipeline.framework.store import StageStore
 from tests.conftest import REPO, run_cli
 from tests.llm_fixtures import FakeOpenAIServer, replay_model_section
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import PIPELINE
-from pipeline.store import StageStore
+from pipeline.framework.store import StageStore
 from sandbox import SandboxConfig, SandboxUnavailable, ensure_image
+from stages import PIPELINE
 from tests.conftest import require_installed, run_cli, write_recipe
 from tests.llm_fixtures import replay_model_section, replay_server, tiny_model_dir  # noqa: F401 - fixtures
 
@@ -47,9 +47,9 @@ def describe(value):
 def make_runner(recipe: Path, work: Path | None = None):
     """A Runner over the recipe, as the command line builds it."""
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, load_config
-    from pipeline.runner import Runner
-    from pipeline.stage import PlannedStage
+    from pipeline.framework.config import build_config_model, load_config
+    from pipeline.framework.runner import Runner
+    from pipeline.framework.stage import PlannedStage
     from stages import PIPELINE
 
     model = build_config_model({e.name: None if isinstance(e, PlannedStage) else e.Config for e in PIPELINE},

@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from pipeline.cli import _model_config_class
-from pipeline.config import build_config_model, load_config
-from pipeline.errors import InputError, PipelineError, StageNotBuiltError, StoreError
-from pipeline.runner import DONE, INTERRUPTED, MISSING, NOT_BUILT, STALE, Runner
-from pipeline.stage import BatchResult, MapStage, PlannedStage
-from pipeline.store import StageStore
+from pipeline.framework.config import build_config_model, load_config
+from pipeline.framework.errors import InputError, PipelineError, StageNotBuiltError, StoreError
+from pipeline.framework.runner import DONE, INTERRUPTED, MISSING, NOT_BUILT, STALE, Runner
+from pipeline.framework.stage import BatchResult, MapStage, PlannedStage
+from pipeline.framework.store import StageStore
 from stages.seeds import SeedsStage
 from tests.conftest import write_recipe
 
@@ -233,7 +233,7 @@ def test_drop_plan_interrupted_half_way_finishes_the_same(tmp_path):
 
 
 def test_an_upstream_with_no_rows_is_an_empty_input_not_an_error(tmp_path):
-    from pipeline.inputs import StoreSource
+    from pipeline.framework.inputs import StoreSource
 
     store = StageStore(tmp_path, "up")
     store.begin("fp")

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from pipeline.cli import _model_config_class
-from pipeline.config import build_config_model, load_config
-from pipeline.runner import Runner
-from pipeline.stage import PlannedStage
-from pipeline.store import StageStore
+from pipeline.framework.config import build_config_model, load_config
+from pipeline.framework.runner import Runner
+from pipeline.framework.stage import PlannedStage
+from pipeline.framework.store import StageStore
 from stages import PIPELINE
 from tests.conftest import REPO, require_installed, run_cli
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - fixture
@@ -94,7 +94,7 @@ def ray_cluster():
         import ray
     except ImportError as exc:
         require_installed("Ray (the ray extra)", str(exc))
-    from pipeline.executors.ray_executor import connect
+    from pipeline.framework.executors.ray_executor import connect
 
     connect(None, workers=2)
     yield ray

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import yaml
 
-from pipeline.code_files import read_python_file, stdlib_dir
-from pipeline.contamination import load_humaneval
-from pipeline.store import StageStore
+from pipeline.analysis.code_files import read_python_file, stdlib_dir
+from pipeline.benchmarks.humaneval import load_humaneval
+from pipeline.framework.store import StageStore
 from tests.conftest import run_cli, write_recipe
 
 PLANTED = {

@@ -19,7 +19,7 @@ RECIPE = REPO / "configs" / "starchat.yaml"
 def load_recipe(overrides=()):
     """configs/starchat.yaml validated by the pipeline's own config model."""
     from pipeline.cli import _model_config_class
-    from pipeline.config import build_config_model, load_config
+    from pipeline.framework.config import build_config_model, load_config
     from stages import PIPELINE
 
     model = build_config_model({e.name: e.Config for e in PIPELINE}, _model_config_class())

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 from pipeline.training import memory
 from tests.conftest import REPO
 from tests.llm_fixtures import tiny_model_dir  # noqa: F401 - pytest fixture

@@ -1,4 +1,4 @@
-"""Tests for pipeline.typecheck: batched basedpyright runs (needs the basedpyright CLI)."""
+"""Tests for pipeline.analysis.typecheck: batched basedpyright runs (needs the basedpyright CLI)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from pipeline.pysource import extract_functions
-from pipeline.typecheck import (
+from pipeline.analysis.pysource import extract_functions
+from pipeline.analysis.typecheck import (
     Diagnostic,
     TypecheckError,
     find_basedpyright,

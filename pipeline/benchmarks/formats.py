@@ -31,7 +31,8 @@ from pathlib import Path
 
 from pipeline.benchmarks.differential import differential_suite
 from pipeline.benchmarks.problems import Problem
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.jsonl import jsonl_records
 
 REQUIRED = {
     "evalplus": ("task_id", "prompt", "entry_point", "canonical_solution", "base_input"),
@@ -54,9 +55,10 @@ def read_records(path: Path) -> list[dict]:
             text = fh.read()
         if text.lstrip().startswith("["):
             return json.loads(text)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError) as exc:
         raise PipelineError(f"benchmark file {path}: not readable as JSONL, JSON or Parquet ({exc})") from None
+    return [record for _, record in jsonl_records(path)]  # a broken line is an error naming its line
+
 
 
 def detect_format(record: dict) -> str:

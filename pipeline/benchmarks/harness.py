@@ -89,9 +89,20 @@ class Scored:
         return {"task_id": self.answer.task_id, "sample": self.answer.sample, "passed": self.passed,
                 "plus_passed": self.plus_passed}
 
+    def stage_row(self, row_id: str, contender, benchmark: str, finish_reason: str) -> dict:
+        """The evaluate stage's row of this answer by ``contender``: the answer, its program and its verdicts."""
+        base, plus = self.suites["base"], self.suites.get("plus")
+        return {"id": row_id, "model": contender.label, "model_path": contender.model_path, "benchmark": benchmark,
+                "task_id": self.answer.task_id, "sample": self.answer.sample,
+                "prompt_format": contender.prompt_format, "completion": self.answer.text,
+                "finish_reason": finish_reason, "program": self.program, "status": base.status,
+                "passed": base.passed, "plus_status": plus.status if plus else None, "plus_passed": self.plus_passed,
+                "time_limit_s": base.time_limit_s, "duration_s": base.duration_s, "stderr": base.stderr,
+                "program_hash": base.program_hash}
+
 
 class Harness:
-    """Scores answers to a benchmark's problems in an open :class:`pipeline.execution.SandboxSession`."""
+    """Scores answers to a benchmark's problems in an open :class:`pipeline.execution.verdicts.SandboxSession`."""
 
     def __init__(self, session, limits: TimeLimits | None = None):
         self.session = session

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import PipelineError
-from pipeline.jsonl import jsonl_records
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.jsonl import jsonl_records
 
 VERDICT = re.compile(r"^\W*verdict\W*[:\-]\s*\W*(1|2|tie)\b", re.IGNORECASE | re.MULTILINE)
 OUTCOMES = ("win", "tie", "loss", "invalid")

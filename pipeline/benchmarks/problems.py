@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 
 
 @dataclass(frozen=True)

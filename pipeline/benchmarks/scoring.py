@@ -16,9 +16,9 @@ from pathlib import Path
 from pipeline.benchmarks.catalog import load_benchmark
 from pipeline.benchmarks.harness import Answer, Harness, TimeLimits
 from pipeline.benchmarks.results import benchmark_scores
-from pipeline.errors import PipelineError
-from pipeline.jsonl import jsonl_records
-from pipeline.progress import progress
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.jsonl import jsonl_records
+from pipeline.framework.progress import progress
 
 log = logging.getLogger("pipeline.benchmarks")
 
@@ -53,7 +53,7 @@ def score_answers(path: str | Path, benchmark_name: str, config, work_dir: Path)
 
     ``config`` is the evaluate stage's config (sandbox, time limits, benchmark files).
     """
-    from pipeline.execution import SandboxSession
+    from pipeline.execution.verdicts import SandboxSession
 
     benchmark = load_benchmark(benchmark_name, config.benchmark_files, Path(work_dir) / "cache")
     answers = read_answers(Path(path), {p.task_id for p in benchmark.problems})

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from pipeline.benchmarks.contenders import BASE, FINETUNED, ModelEntry
 from pipeline.benchmarks.judge import JudgeConfig
-from pipeline.config import StageConfig, not_fingerprinted
+from pipeline.framework.config import StageConfig, not_fingerprinted
 from sandbox import SandboxConfig
 
 
@@ -57,6 +57,15 @@ class EvaluateConfig(StageConfig):
         if self.greedy and self.samples > 1:
             raise ValueError("samples > 1 needs greedy: false (greedy decoding gives one answer)")
         return self
+
+    def sampling(self, stop: list[str]):
+        """Greedy decoding, or ``samples`` answers at ``temperature`` (each problem's seed is its own)."""
+        from pipeline.llm import SamplingParams
+
+        if self.greedy:
+            return SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=self.max_tokens, stop=stop)
+        return SamplingParams(n=self.samples, temperature=self.temperature, top_p=self.top_p,
+                              max_tokens=self.max_tokens, stop=stop)
 
     def entries(self) -> list[ModelEntry]:
         """The models to evaluate (the list given, else base and/or finetuned), with their overrides applied."""

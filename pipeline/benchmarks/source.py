@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
+from pipeline.benchmarks.catalog import load_benchmark
 from pipeline.benchmarks.problems import Benchmark
-from pipeline.inputs import InputSource
+from pipeline.framework.ids import stable_id
+from pipeline.framework.inputs import InputSource, StoreSource
 
 
 class BenchmarkSource(InputSource):
@@ -40,3 +43,21 @@ class BenchmarkSource(InputSource):
     def count(self) -> int | None:
         """How many problems in all."""
         return sum(len(b.problems) for b in self.benchmarks)
+
+
+def evaluation_source(config: Any, specs: list[str] | None, cache: Path, finetune: Any,
+                      uses_finetuned: bool) -> BenchmarkSource:
+    """The benchmarks of the evaluate stage's ``config`` (``specs`` from ``--input`` replacing its list).
+
+    Read as configured, its digest is the finetune stage's output digest (``finetune``: that stage's store), so a
+    new fine-tune makes the evaluation stale; from ``--input``, a digest of the benchmarks' content, and of the
+    fine-tune's output when the fine-tune is one of the models (``uses_finetuned``).
+    """
+    benches = [load_benchmark(s, config.benchmark_files, cache).select(config.limit, config.task_ids)
+               for s in (specs if specs is not None else config.benchmarks)]
+    if specs is None:
+        digest = StoreSource(finetune).digest()
+    else:
+        upstream = (finetune.read_manifest() or {}).get("output_digest") if uses_finetuned else None
+        digest = stable_id(*(b.digest() for b in benches), upstream)
+    return BenchmarkSource(benches, digest, ", ".join(f"{b.name} ({len(b.problems)})" for b in benches))

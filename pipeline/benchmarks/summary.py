@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pipeline.benchmarks.judge import COMPLETION_STOP, COMPLETION_TEMPLATE, judge_pairs, read_requests, read_rubric, tally
 from pipeline.benchmarks.results import benchmark_scores, flipped, table_lines
-from pipeline.errors import PipelineError
-from pipeline.store import atomic_write_bytes
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.store import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 JUDGE_FILE = "judge.jsonl"

@@ -16,8 +16,8 @@ from typing import Any
 
 from pipeline.chat.session import CHAT_MAX_TOKENS, CHAT_TEMPERATURE, CHAT_TOP_P, ChatSession
 from pipeline.chat.terminal import chat_loop
-from pipeline.errors import PipelineError
-from pipeline.stage import PlannedStage
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.stage import PlannedStage
 
 log = logging.getLogger("pipeline.chat")
 

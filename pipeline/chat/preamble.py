@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.framework.errors import ConfigError
 from pipeline.training.formats import check_messages
 
 DEFAULT_PREAMBLE = Path(__file__).resolve().parent.parent.parent / "configs" / "tech-assistant.yaml"

@@ -24,12 +24,12 @@ from typing import Iterator, Literal
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from pipeline.config import StrictModel
 from pipeline.conversations import instructions, oasst
 from pipeline.conversations.result import Conversion
-from pipeline.errors import InputError
-from pipeline.inputs import InputSource
-from pipeline.store import atomic_write_bytes, rows_to_table
+from pipeline.framework.config import StrictModel
+from pipeline.framework.errors import InputError
+from pipeline.framework.inputs import InputSource
+from pipeline.framework.store import atomic_write_bytes, rows_to_table
 
 log = logging.getLogger("pipeline.conversations")
 

@@ -25,7 +25,7 @@ from typing import Iterator, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 
 FinishReason = Literal["stop", "length"]
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.config import not_fingerprinted
+from pipeline.framework.config import not_fingerprinted
 
 #: Special ``model`` value: the Gemma 3 270M GGUF shipped on PyPI.
 GEMMA_GGUF_MODEL = "gemma3-270m-gguf"

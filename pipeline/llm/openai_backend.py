@@ -27,6 +27,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
 
+from pipeline.framework.text import normalize_whitespace
 from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize, prompt_seeds
 from pipeline.llm.config import LLMConfig
 from pipeline.llm.streaming import stream_with_stops
@@ -206,7 +207,7 @@ class OpenAIBackend(Backend):
         url, model = self.base_url, self.config.model
         body = getattr(e, "body", None)
         message = body.get("message") if isinstance(body, dict) else None
-        detail = _one_line(str(message or getattr(e, "message", None) or e))
+        detail = normalize_whitespace(str(message or getattr(e, "message", None) or e))
         if isinstance(e, openai.APITimeoutError):
             return BackendError(
                 f"request to {url} (model {model!r}) timed out after {self.config.timeout_s:g}s "
@@ -214,7 +215,7 @@ class OpenAIBackend(Backend):
             )
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e.__context__
-            reason = _one_line(str(cause)) if cause else detail
+            reason = normalize_whitespace(str(cause)) if cause else detail
             return BackendError(f"cannot connect to {url} (model {model!r}): {reason}")
         if isinstance(e, openai.NotFoundError):
             code = str(body.get("code") or "") if isinstance(body, dict) else ""
@@ -234,8 +235,3 @@ class OpenAIBackend(Backend):
 def _to_completion(text: str, finish_reason: str | None, params: SamplingParams) -> Completion:
     """Map a server choice to a Completion: 'length' stays, anything else ended on its own."""
     return finalize(text, params.stop, ended_by_model=finish_reason != "length")
-
-
-def _one_line(s: str) -> str:
-    """Collapse whitespace so a message fits on one line."""
-    return " ".join(s.split())

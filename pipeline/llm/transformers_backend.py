@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 
 from transformers import LogitsProcessor, StoppingCriteria
 
+from pipeline.framework.text import normalize_whitespace
 from pipeline.llm.base import Backend, BackendError, Completion, Conversation, SamplingParams, finalize, prompt_seeds
 from pipeline.llm.config import LLMConfig
 from pipeline.llm.models import ensure_gguf_cached, is_gguf, resolve_model
@@ -70,7 +71,7 @@ class TransformersBackend(Backend):
             self.tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or source)
             self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         except OSError as e:
-            raise BackendError(f"cannot load model {config.model!r} from {source!r}: {_one_line(e)}") from e
+            raise BackendError(f"cannot load model {config.model!r} from {source!r}: {normalize_whitespace(str(e))}") from e
         self.model.to(self.device)
         self.model.eval()
         self.tokenizer.padding_side = "left"
@@ -199,7 +200,7 @@ class TransformersBackend(Backend):
             cancel.set()
             thread.join()
         if failure:
-            raise BackendError(f"generation failed: {_one_line(failure[0])}") from failure[0]
+            raise BackendError(f"generation failed: {normalize_whitespace(str(failure[0]))}") from failure[0]
 
     def _run(self, prompts: list[str], params: SamplingParams, seeds: list[int | None], *,
              add_special_tokens: bool) -> list[list[Completion]]:
@@ -367,7 +368,7 @@ def _pick_device(device: str):
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise BackendError(f"unknown device {device!r}: {_one_line(e)}") from e
+        raise BackendError(f"unknown device {device!r}: {normalize_whitespace(str(e))}") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BackendError(f"device {device!r} requested but CUDA is not available here (use 'cpu' or 'auto')")
     return dev
@@ -394,8 +395,3 @@ def _row_seed(seed: int | None, sample: int) -> int:
         return int(torch.randint(0, 2**62, (1,)).item())
     digest = hashlib.sha256(f"{seed}:{sample}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
-
-
-def _one_line(e: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(e).split())

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.framework.store import atomic_write_bytes
 from pipeline.report.collect import StageView, collect
 from pipeline.report.page import render_page
 from pipeline.report.text import text_summary
-from pipeline.store import atomic_write_bytes
 
 REPORT_FILE = "report.html"
 SAMPLES_PER_STAGE = 3

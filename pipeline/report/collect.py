@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.framework.store import StageStore
 from pipeline.report.samples import sample_rows
-from pipeline.store import StageStore
 
 UNREADABLE = "unreadable"
 

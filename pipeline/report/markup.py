@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.summary import seconds  # noqa: F401 - re-exported for the page
+from pipeline.framework.summary import seconds  # noqa: F401 - re-exported for the page
 
 from html import escape
 from typing import Iterable

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 
+from pipeline.framework.store import StageStore
 from pipeline.report.collect import StageView, describe_error
 from pipeline.report.evaluation import evaluation_section
 from pipeline.report.markup import esc, key_values, note, number, percent, table
 from pipeline.report.svg import Bar, hbar_chart
-from pipeline.store import StageStore
 
 STATUS_COLORS = {"passed": "#54a24b", "failed": "#e45756", "timeout": "#f58518", "oom": "#b279a2", "error": "#9d755d"}
 STATUS_ORDER = ("passed", "failed", "timeout", "oom", "error")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from pipeline.framework.summary import status_table
 from pipeline.report.collect import StageView, find
-from pipeline.report.evaluation import text_lines
+from pipeline.report.evaluation import normalize, score_rows, text_lines
 from pipeline.report.markup import number
 
 
@@ -38,3 +41,27 @@ def text_summary(views: list[StageView], html_path=None) -> str:
     if html_path is not None:
         lines += ["", f"report: {html_path}"]
     return "\n".join(lines)
+
+
+def outcome_lines(states: Iterable) -> list[str]:
+    """Below the table: the pass rate in execution and pass@1 of each evaluated model, when known."""
+    by_name = {st.name: st.manifest or {} for st in states}
+    lines = []
+    stats = by_name.get("execute", {}).get("stats") or {}
+    statuses = {k[len("status_"):]: v for k, v in stats.items() if k.startswith("status_")}
+    if statuses:
+        total = sum(statuses.values())
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items(), key=lambda kv: -kv[1]) if k != "passed")
+        passed = statuses.get("passed", 0)
+        lines.append(f"execution: {passed}/{total} samples passed ({100 * passed / total:.1f}%)" + (f"; {rest}" if rest else ""))
+    for label, by_model in score_rows(normalize(by_name.get("evaluate", {}).get("results"))):
+        shown = "  ".join(f"{model} {100 * (r.get('pass@1') or 0):.1f}% ({r.get('passed')}/{r.get('total')})"
+                          for model, r in by_model.items())
+        lines.append(f"{label} pass@1: {shown}")
+    return lines
+
+
+def run_summary(states: Iterable) -> str:
+    """The one-screen summary printed at the end of a run: the stage table, execution and pass@1."""
+    states = list(states)
+    return "\n".join([status_table(states), "", *outcome_lines(states)]).rstrip()

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config import StageConfig
+from pipeline.framework.config import StageConfig
 
 
 class AdapterOptions(StageConfig):

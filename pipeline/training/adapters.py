@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 
 log = logging.getLogger("pipeline.finetune")
 

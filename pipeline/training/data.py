@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 from pipeline.training.formats import (
     ChatFormat,
     check_messages,
@@ -273,3 +273,16 @@ def padding_share(batches: list[list[dict]], collator: PaddingCollator) -> float
         total += width * len(rows)
         padded += sum(width - len(r["input_ids"]) for r in rows)
     return padded / total if total else 0.0
+
+
+def load_encoder(model_dir: str, chat_format: str, system_prompt: str | None = None,
+                 use_default_system: bool = True) -> ConversationEncoder:
+    """The tokenizer in ``model_dir`` with the chat format installed; a tokenizer that cannot load is one line."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"finetune: cannot load the tokenizer of {model_dir!r}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return ConversationEncoder(tokenizer, chat_format, system_prompt, use_default_system)

@@ -25,8 +25,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.processes import is_main_process, wait_for_everyone, world_size
+from pipeline.framework.errors import PipelineError
+from pipeline.framework.processes import is_main_process, wait_for_everyone, world_size
 from pipeline.training.resume import COMPLETE_MARKER, checkpoints, last_complete_checkpoint
 
 log = logging.getLogger("pipeline.finetune")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from pipeline.errors import InputError
+from pipeline.framework.errors import InputError
 
 ROLES = ("system", "user", "assistant")
 EOS = "\x00eos\x00"

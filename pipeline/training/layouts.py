@@ -31,7 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from pipeline.errors import PipelineError
+from pipeline.framework.errors import PipelineError
 from pipeline.training.memory import GIB, ModelShape, estimate
 
 LAYOUTS = ("ddp", "fsdp", "fsdp+offload", "zero3", "zero3+offload", "lora", "qlora")

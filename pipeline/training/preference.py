@@ -22,8 +22,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config import StrictModel
-from pipeline.errors import PipelineError
+from pipeline.framework.config import StrictModel
+from pipeline.framework.errors import PipelineError
 from pipeline.training.data import ConversationEncoder, Encoded, TrainingOutcome
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")

@@ -17,8 +17,8 @@ import ast
 
 from pydantic import Field
 
-from pipeline.config import StrictModel
-from pipeline.execution import SandboxSession, build_program
+from pipeline.execution.verdicts import SandboxSession, build_program
+from pipeline.framework.config import StrictModel
 from sandbox import SandboxConfig
 
 
