@@ -5,7 +5,13 @@ difficulty (easy, medium, hard, equally likely) are drawn from the run seed
 and the seed's id, so reruns draw the same. The prompt shows k bank examples
 (concepts and properties, then the instruction written from them) and ends
 with this seed's concepts and properties; the model writes the instruction.
-An instruction shorter than ``min_chars`` is dropped as ``too_short``.
+In the chat form (instruct models) the same examples are turns of a plain
+request: "Concepts: ... Write one easy exercise about a Python function that
+uses these concepts", answered by the instruction alone; asked with sections,
+the 0.5B demo model wrote a solution instead in most answers.
+An instruction shorter than ``min_chars`` is dropped as ``too_short``, one
+that opens with a code block instead of stating the task (small instruct
+models write a solution there) as ``starts_with_code``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,17 @@ def _concept_list(concepts: list[str]) -> str:
     return section("Concepts", "\n".join(f"- {c}" for c in concepts))
 
 
+_WHAT = {"function": "a Python function", "class": "a Python class",
+         "program": "a Python program that reads standard input and writes standard output"}
+
+
+def _request(concepts: list[str], category: str, difficulty: str) -> str:
+    """The chat form's request: the concepts, then what kind of exercise to write, in plain words."""
+    return (f"Concepts: {'; '.join(concepts)}.\n"
+            f"Write one {difficulty} exercise about {_WHAT[category]} that uses these concepts. "
+            f"Write only the exercise.")
+
+
 class InstructionTask(PromptTask):
     """Concepts and properties in, an instruction out."""
 
@@ -37,9 +54,10 @@ class InstructionTask(PromptTask):
     )
     answer_header = "### Instruction\n"
     extra_stop = ["\n### "]
-    chat_reminder = (
-        "Write only the instruction, as in the examples: the task as a programmer would be given it. "
-        "Do not solve it: no solution code, no explanation of one."
+    chat_preamble = (
+        "You write short, self-contained programming exercises from a list of concepts. An exercise names what "
+        "to write (a function's name and arguments, a class, or a program), says what it returns or prints and "
+        "how it treats edge cases, and gives one example with its result. You never write the solution."
     )
     min_chars = 20
 
@@ -53,10 +71,21 @@ class InstructionTask(PromptTask):
     def example_answer(self, example: FewShotExample) -> str:
         return example.instruction
 
+    def chat_query(self, row: dict) -> str:
+        return _request(row["concepts"], row["category"], row["difficulty"])
+
+    def chat_example_query(self, example: FewShotExample) -> str:
+        return _request(example.concepts, example.properties.category, example.properties.difficulty)
+
+    def chat_example_answer(self, example: FewShotExample) -> str:
+        return example.instruction
+
     def parse(self, answer: str) -> dict | ParseFailure:
         text = answer.strip()
         if len(text) < self.min_chars:
             return ParseFailure("too_short")
+        if text.startswith("```"):  # code where the task should be stated: small models write a solution instead
+            return ParseFailure("starts_with_code")
         return {"instruction": text}
 
 
@@ -84,7 +113,7 @@ class InstructionsStage(GenerationStage):
 
     name = "instructions"
     title = "An instruction written from each seed's concepts (C->I)"
-    version = "2"  # chat prompts end with a reminder to write the instruction only
+    version = "2"  # chat prompts ask in plain words; code-first answers dropped
     upstream = "concepts"
     Config = InstructionsConfig
     task = InstructionTask()

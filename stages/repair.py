@@ -65,6 +65,7 @@ class RepairStage(WholeStage):
 
     name = "repair"
     title = "Repair rounds: new attempts (with the failure shown) for instructions no sample solved"
+    version = "2"  # chat prompts end with a reminder of the answer's format (without it 17 of 22 lacked tests)
     upstream = "execute"
     Config = RepairConfig
     uses_model = True

@@ -1,4 +1,9 @@
-"""The few-shot example bank (configs/fewshot.yaml): its shape, and that every example's solution passes its tests.
+"""The few-shot example banks: their shape, and that every example's solution passes its tests.
+
+configs/fewshot.yaml is the method's bank (every category and difficulty);
+configs/fewshot-basic.yaml the small-model bank of easy functions with short
+tests (the CPU demo's). Every example of both is checked the same way; each
+bank has its own rules for its size and mix.
 
 The generation stages show these examples to a base model, which imitates
 them closely, so a wrong answer or a weak test in the bank turns into many
@@ -22,7 +27,9 @@ import yaml
 
 from pipeline.analysis.pysource import extract_functions, uses_banned_module
 
-BANK = Path(__file__).resolve().parent.parent / "configs" / "fewshot.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+BANK = CONFIGS / "fewshot.yaml"
+BASIC_BANK = CONFIGS / "fewshot-basic.yaml"
 REQUIRED_KEYS = ("id", "seed", "concepts", "properties", "instruction", "response", "tests")
 CATEGORIES = ("function", "class", "program")
 DIFFICULTIES = ("easy", "medium", "hard")
@@ -35,17 +42,19 @@ MAX_MEAN_PROMPT_CHARS = 8_000 * 3.5 / 8
 MAX_PROMPT_CHARS = 5_000
 
 
-@lru_cache(maxsize=1)
-def load_bank() -> dict:
-    return yaml.safe_load(BANK.read_text())
+@lru_cache(maxsize=2)
+def load_bank(path: Path = BANK) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
-def examples() -> list[dict]:
-    return load_bank()["examples"]
+def examples(path: Path = BANK) -> list[dict]:
+    return load_bank(path)["examples"]
 
 
 def example_params():
-    return [pytest.param(ex, id=str(ex.get("id"))) for ex in examples()]
+    """Every example of both banks, with the shortest solution and seed its bank allows."""
+    return [pytest.param(ex, limits, id=str(ex.get("id")))
+            for path, limits in ((BANK, (5, 5)), (BASIC_BANK, (1, 3))) for ex in examples(path)]
 
 
 def solution_code(example: dict) -> str:
@@ -110,11 +119,22 @@ def test_prompt_budget():
     assert max(sizes) <= MAX_PROMPT_CHARS, max(sizes)
 
 
+def test_the_basic_bank_holds_short_easy_functions():
+    basic = load_bank(BASIC_BANK)
+    assert basic["version"] == 1 and len(basic["examples"]) >= 8
+    ids = [ex["id"] for ex in basic["examples"]]
+    assert len(ids) == len(set(ids)) and all(re.fullmatch(r"fb\d{2}-[a-z0-9]+(?:-[a-z0-9]+)*", i) for i in ids)
+    for ex in basic["examples"]:
+        assert ex["properties"] == {"category": "function", "difficulty": "easy", "language": "Python"}, ex["id"]
+        assert sum(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(ex["tests"]))) <= 3, ex["id"]
+        assert len(ex["instruction"]) + len(ex["response"]) + len(ex["tests"]) <= 1000, ex["id"]
+
+
 # -- each example ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("example", example_params())
-def test_keys_present_and_values_valid(example):
+@pytest.mark.parametrize("example,limits", example_params())
+def test_keys_present_and_values_valid(example, limits):
     assert set(example) == set(REQUIRED_KEYS), set(example) ^ set(REQUIRED_KEYS)
     for key in REQUIRED_KEYS:
         assert example[key], f"{key} is empty"
@@ -131,14 +151,14 @@ def test_keys_present_and_values_valid(example):
     assert properties["language"] == "Python"
 
 
-@pytest.mark.parametrize("example", example_params())
-def test_seed_is_one_documented_function_the_seeds_stage_would_keep(example):
+@pytest.mark.parametrize("example,limits", example_params())
+def test_seed_is_one_documented_function_the_seeds_stage_would_keep(example, limits):
     tree = ast.parse(example["seed"])
     assert len(tree.body) == 1, "the seed must be a single top-level statement"
     (node,) = tree.body
     assert isinstance(node, ast.FunctionDef), type(node).__name__
     assert ast.get_docstring(node), "the seed has no docstring"
-    assert 5 <= len(example["seed"].strip().splitlines()) <= 30
+    assert limits[1] <= len(example["seed"].strip().splitlines()) <= 30
     # The same facts the seeds stage filters on (see stages/seeds.py).
     (info,) = extract_functions(example["seed"])
     assert info.returns_value
@@ -147,8 +167,8 @@ def test_seed_is_one_documented_function_the_seeds_stage_would_keep(example):
     assert not uses_banned_module(info)
 
 
-@pytest.mark.parametrize("example", example_params())
-def test_response_explains_then_gives_one_python_block(example):
+@pytest.mark.parametrize("example,limits", example_params())
+def test_response_explains_then_gives_one_python_block(example, limits):
     response = example["response"]
     assert len(FENCE.findall(response)) == 1
     assert response.count("```") == 2, "no other fenced blocks"
@@ -157,7 +177,7 @@ def test_response_explains_then_gives_one_python_block(example):
     code = solution_code(example)
     tree = ast.parse(code)
     assert not any(isinstance(node, ast.Assert) for node in ast.walk(tree)), "tests belong in the tests block"
-    assert 5 <= len(code.strip().splitlines()) <= 80
+    assert limits[0] <= len(code.strip().splitlines()) <= 80
     if example["properties"]["category"] == "class":
         assert any(isinstance(node, ast.ClassDef) for node in tree.body)
     if example["properties"]["category"] == "program":
@@ -166,8 +186,8 @@ def test_response_explains_then_gives_one_python_block(example):
         assert "__main__" in code, "a program has an entry-point guard"
 
 
-@pytest.mark.parametrize("example", example_params())
-def test_tests_block_is_plain_python_with_asserts(example):
+@pytest.mark.parametrize("example,limits", example_params())
+def test_tests_block_is_plain_python_with_asserts(example, limits):
     tests = example["tests"]
     assert "```" not in tests
     tree = ast.parse(tests)
@@ -175,8 +195,8 @@ def test_tests_block_is_plain_python_with_asserts(example):
     assert asserts >= 3, asserts
 
 
-@pytest.mark.parametrize("example", example_params())
-def test_solution_passes_its_tests(example):
+@pytest.mark.parametrize("example,limits", example_params())
+def test_solution_passes_its_tests(example, limits):
     program = solution_code(example) + "\n" + example["tests"] + f"\nprint({SENTINEL!r})\n"
     result = run_python(program)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -184,8 +204,8 @@ def test_solution_passes_its_tests(example):
     assert result.stdout.rstrip().endswith(SENTINEL), result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("example", example_params())
-def test_tests_fail_against_a_hollow_solution(example):
+@pytest.mark.parametrize("example,limits", example_params())
+def test_tests_fail_against_a_hollow_solution(example, limits):
     tree = _StubBodies().visit(ast.parse(solution_code(example)))
     hollow = ast.unparse(ast.fix_missing_locations(tree))
     program = hollow + "\n" + example["tests"] + f"\nprint({SENTINEL!r})\n"

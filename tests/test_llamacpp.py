@@ -219,6 +219,27 @@ def test_completions_follow_the_shared_sampling_rules(tiny_llamacpp):
     assert first != tiny_llamacpp.generate(prompts, sampled.model_copy(update={"seed": 8}))
 
 
+def test_a_sequence_admitted_late_copies_its_prompt_from_a_running_sibling(tiny_gguf):  # noqa: F811 - fixture
+    """Four samples of one request on three slots: the fourth starts when the short first one ends, and takes the
+    prompt from a sibling still running instead of decoding it again; greedy, it continues exactly as they do."""
+    require("llama_cpp", "llama-cpp-python")
+    from pipeline.llm.llamacpp_engine import LlamaCppEngine, SequenceJob
+
+    engine = LlamaCppEngine(str(tiny_gguf), threads=1, slots=3, ctx_per_slot=256).start()
+    try:
+        prompt = engine.tokenize("def add(a, b):\n    return")
+        request = object()
+        jobs = [SequenceJob(tokens=prompt, max_tokens=limit, group=request) for limit in (2, 12, 12, 12)]
+        engine.submit(jobs)
+        for job in jobs:
+            assert job.done.wait(60) and job.error is None
+    finally:
+        engine.stop()
+    assert jobs[3].text == jobs[1].text == jobs[2].text and jobs[1].text.startswith(jobs[0].text)
+    assert engine.stats["prompt_tokens"] == len(prompt)  # decoded once, for the first three together
+    assert engine.stats["prompt_tokens_reused"] == len(prompt)  # the fourth copied it
+
+
 def test_stop_strings_cut_the_text_and_count_as_stop(tiny_llamacpp):
     [[free]] = tiny_llamacpp.generate(["def f(x):\n"], SamplingParams(max_tokens=40))
     stop = free.text[10:13]

@@ -105,6 +105,8 @@ def test_a_failing_instruction_is_rescued_in_round_two_and_dedup_keeps_it(tmp_pa
     assert stats["instructions_unsolved"] == 1 and stats["still_unsolved"] == 0 and "rescued_round_3" not in stats
     assert manifest["rows_in"] == 4 and manifest["rows_out"] == 6
     assert "rescued_round_2" in result.stderr + result.stdout  # the stage summary shows it
+    # and the run's closing summary says it in words
+    assert "repair: 1 of 1 unsolved instructions rescued (round 1: 0, round 2: 1; 2 attempts)" in result.stdout
 
     # both instructions' answers define double(); the published one-sample-per-name-set filter would keep one
     dedup = run_cli("--config", args[1], "--stage", "dedup", "-o", "stages.dedup.sanitize.unique_names=false")

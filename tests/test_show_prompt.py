@@ -72,7 +72,7 @@ def test_the_command_line_prints_the_prompt_and_a_header(tmp_path):
     result = run_cli("-c", str(path), "--show-prompt", "instructions", "--row", "0")
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("# instructions: chat prompt, 4 messages, for row ")
-    assert result.stdout.startswith("--- system ---\n") and "--- user ---\n### Concepts\n" in result.stdout
-    assert "category: " in result.stdout and not (tmp_path / "work").exists()  # nothing written, no model
+    assert result.stdout.startswith("--- system ---\n") and "--- user ---\nConcepts: " in result.stdout
+    assert "exercise about a Python " in result.stdout and not (tmp_path / "work").exists()  # nothing written, no model
     bad = run_cli("-c", str(path), "--row", "0", "--status")
     assert bad.returncode == 2 and "--row goes with --show-prompt" in bad.stderr

@@ -21,7 +21,10 @@ Completion form (a base model continues the text)::
 The stop string ``\\n## Example`` ends the answer where the model would start
 another example. Chat form: the preamble as the system message, each example
 as a user turn (its query) and an assistant turn (header + answer), then the
-row's query as the last user turn; the answer is parsed the same way.
+row's query as the last user turn; the answer is parsed the same way. A task
+may phrase the chat form's system message and turns in plain words instead
+(``chat_preamble``, ``chat_query``, ...): small instruct models follow a
+request better than a page of sections.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class PromptTask(ABC):
     """Stop strings besides the next example's header (e.g. the next section)."""
     chat_reminder: ClassVar[str] = ""
     """Chat form only: a line after the last query restating the answer's format (instruct models drift from it)."""
+    chat_preamble: ClassVar[str | None] = None
+    """Chat form only: the system message, when it should differ from the completion form's preamble."""
 
     @abstractmethod
     def query(self, row: dict) -> str:
@@ -109,6 +114,19 @@ class PromptTask(ABC):
     @abstractmethod
     def parse(self, answer: str) -> dict | ParseFailure:
         """Read the model's answer (without the header) into output fields, or say why it cannot be used."""
+
+    # -- how the chat form asks (by default, as the completion form does) ---------
+    def chat_query(self, row: dict) -> str:
+        """The user turn asking for this row's answer in the chat form."""
+        return self.query(row)
+
+    def chat_example_query(self, example: FewShotExample) -> str:
+        """The user turn of a bank example in the chat form."""
+        return self.example_query(example)
+
+    def chat_example_answer(self, example: FewShotExample) -> str:
+        """The assistant turn of a bank example in the chat form: header and answer."""
+        return self.answer_header + self.example_answer(example)
 
     # -- the two forms ---------------------------------------------------------
     def stop(self) -> list[str]:
@@ -129,11 +147,11 @@ class PromptTask(ABC):
 
     def chat_messages(self, examples: list[FewShotExample], row: dict, reminder: str | None = None) -> list[dict]:
         """The same task as chat turns for an instruct model; ``reminder`` replaces the task's own reminder line."""
-        messages = [{"role": "system", "content": self.preamble.strip()}]
+        messages = [{"role": "system", "content": (self.chat_preamble or self.preamble).strip()}]
         for example in examples:
-            messages.append({"role": "user", "content": self.example_query(example).rstrip()})
-            messages.append({"role": "assistant", "content": self.answer_header + self.example_answer(example).rstrip()})
-        query = self.query(row).rstrip()
+            messages.append({"role": "user", "content": self.chat_example_query(example).rstrip()})
+            messages.append({"role": "assistant", "content": self.chat_example_answer(example).rstrip()})
+        query = self.chat_query(row).rstrip()
         reminder = self.chat_reminder if reminder is None else reminder
         if reminder:
             query = f"{query}\n\n{reminder}"

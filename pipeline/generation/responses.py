@@ -52,7 +52,11 @@ class RepairTask(ResponseTask):
         "with assert statements that check it. When an earlier attempt and its test output are shown, the "
         "response fixes what made that attempt fail."
     )
-    chat_reminder = ""
+    chat_reminder = (
+        f"Answer as in the examples, fixing what made the attempt fail (the code, or a test that expects a wrong "
+        f"value): a brief explanation, the solution in one ```python block, then a `{TESTS_HEADER}` section with a "
+        f"```python block of assert statements."
+    )
 
     def __init__(self, feedback: bool, tail_chars: int):
         self.feedback, self.tail_chars = feedback, tail_chars

@@ -19,7 +19,8 @@ Creating the backend:
    SIGTERM, and an orphan left by a killed run is ended by the next run),
    and waits until it answers;
 4. sends requests through :class:`~pipeline.llm.openai_backend.OpenAIBackend`,
-   keeping enough requests in flight to fill the slots.
+   keeping twice the requests in flight that the slots hold, so a freed slot
+   takes the next queued sequence at once.
 
 The sampling settings mean what they mean for the other backends (see
 :mod:`pipeline.llm.llamacpp_engine`). A user who runs a server of their own
@@ -119,8 +120,13 @@ class LlamaCppBackend(OpenAIBackend):
         return super().generate_chat(conversations, params, seeds)
 
     def _fill_slots(self, params: SamplingParams) -> None:
-        """Requests in flight so that their ``n`` sequences each just fill the parallel slots."""
-        self.max_concurrency = max(1, math.ceil(self.config.parallel / params.n))
+        """Requests in flight: twice what the slots hold, so the server's queue has the next sequences waiting.
+
+        With exactly enough requests to fill the slots, a slot whose sequence ended stayed idle until every
+        sequence of its request had ended (a new request is sent only then); here about a third of the slots
+        sat idle that way while the responses stage ran.
+        """
+        self.max_concurrency = max(1, 2 * math.ceil(self.config.parallel / params.n))
 
     def close(self) -> None:
         """Close the client, then stop the server (SIGTERM, SIGKILL after the grace period)."""

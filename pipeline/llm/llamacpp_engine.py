@@ -10,7 +10,9 @@ speed comes from on a CPU (at one sequence, the weights' memory traffic
 dominates).
 
 * A request for ``n`` completions becomes ``n`` sequences; those admitted
-  together decode the prompt once and copy its KV cache to the others. Each
+  together decode the prompt once and copy its KV cache to the others, and
+  one admitted later (when a slot frees) copies it from a sibling still
+  running, decoding only the prompt's last token again. Each
   sequence has a KV stream of its own (``ctx_per_slot`` cells), so a decode
   step attends over each sequence's own cells rather than over every slot's.
 * Sampling per sequence, with the meaning the other backends give it:
@@ -96,6 +98,11 @@ def use_repacking(repack: bool | None, cpuinfo: str | None = None) -> bool:
     return (not cpu_has_amx(cpuinfo)) if repack is None else repack
 
 
+def _group_key(job: SequenceJob) -> int:
+    """Which request a job belongs to (jobs of one request share their prompt)."""
+    return id(job.group) if job.group is not None else id(job)
+
+
 class LlamaCppEngine:
     """A GGUF model served to many sequences at once by one decoding thread."""
 
@@ -135,7 +142,8 @@ class LlamaCppEngine:
         self.busy: dict[int, _Slot] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
-        self.stats = {"steps": 0, "generated_tokens": 0, "prompt_tokens": 0}
+        self.stats = {"steps": 0, "generated_tokens": 0, "prompt_tokens": 0, "prompt_tokens_reused": 0}
+        self._prompt_holders: dict[int, set[int]] = {}  # request -> its running sequences (they hold its prompt)
 
     # -- text <-> tokens ---------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -211,13 +219,18 @@ class LlamaCppEngine:
             admitted.append(job)
         groups: dict[int, list[SequenceJob]] = {}
         for job in admitted:
-            groups.setdefault(id(job.group) if job.group is not None else id(job), []).append(job)
+            groups.setdefault(_group_key(job), []).append(job)
         for jobs in groups.values():
             seqs = [free.pop(0) for _ in jobs]
             self._start_sequences(jobs, seqs)
 
     def _start_sequences(self, jobs: list[SequenceJob], seqs: list[int]) -> None:
-        """Decode the shared prompt into the first sequence, copy it to the others, sample each first token."""
+        """Put the shared prompt into the new sequences, sample each first token.
+
+        The prompt is decoded once into the first sequence and copied to the others; when a sibling of an earlier
+        admission (same request) is still running, its stream already holds the prompt, so it is copied from there
+        and only the prompt's last token is decoded again (for the logits of the first new token).
+        """
         L = self.L
         tokens = jobs[0].tokens
         if not tokens:
@@ -230,20 +243,42 @@ class LlamaCppEngine:
             return
         for seq in seqs:
             L.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        holders = self._prompt_holders.get(_group_key(jobs[0]))
+        if holders:
+            last_indices = self._copy_prompt(next(iter(holders)), tokens, seqs)
+        else:
+            last_indices = [self._decode_prompt(tokens, seqs[0])] * len(seqs)
+            for seq in seqs[1:]:
+                L.llama_memory_seq_cp(self.memory, seqs[0], seq, -1, -1)
+        self._prompt_holders.setdefault(_group_key(jobs[0]), set()).update(seqs)
+        for job, seq, index in zip(jobs, seqs, last_indices):
+            slot = _Slot(seq=seq, job=job, sampler=self._sampler(job), pos=len(tokens))
+            self.busy[seq] = slot
+            self._take(slot, L.llama_sampler_sample(slot.sampler, self.ctx, index))
+
+    def _decode_prompt(self, tokens: list[int], seq: int) -> int:
+        """Decode a whole prompt into ``seq`` in chunks; returns the batch index of its last token's logits."""
         last_index = 0
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
-            self._fill_batch([(tok, start + i, seqs[0], start + i == len(tokens) - 1) for i, tok in enumerate(chunk)])
-            if L.llama_decode(self.ctx, self.batch) != 0:
+            self._fill_batch([(tok, start + i, seq, start + i == len(tokens) - 1) for i, tok in enumerate(chunk)])
+            if self.L.llama_decode(self.ctx, self.batch) != 0:
                 raise RuntimeError("llama_decode failed on a prompt (KV cache full?)")
             last_index = len(chunk) - 1
         self.stats["prompt_tokens"] += len(tokens)
-        for seq in seqs[1:]:
-            L.llama_memory_seq_cp(self.memory, seqs[0], seq, -1, -1)
-        for job, seq in zip(jobs, seqs):
-            slot = _Slot(seq=seq, job=job, sampler=self._sampler(job), pos=len(tokens))
-            self.busy[seq] = slot
-            self._take(slot, L.llama_sampler_sample(slot.sampler, self.ctx, last_index))
+        return last_index
+
+    def _copy_prompt(self, source: int, tokens: list[int], seqs: list[int]) -> list[int]:
+        """Copy a running sibling's stream into ``seqs``, keep its prompt but the last token, decode that token."""
+        L = self.L
+        for seq in seqs:
+            L.llama_memory_seq_cp(self.memory, source, seq, -1, -1)
+            L.llama_memory_seq_rm(self.memory, seq, len(tokens) - 1, -1)
+        self._fill_batch([(tokens[-1], len(tokens) - 1, seq, True) for seq in seqs])
+        if L.llama_decode(self.ctx, self.batch) != 0:
+            raise RuntimeError("llama_decode failed on a copied prompt")
+        self.stats["prompt_tokens_reused"] += len(tokens) * len(seqs)
+        return list(range(len(seqs)))
 
     def _sampler(self, job: SequenceJob):
         """A sampler chain for one sequence: penalty, then greedy or temperature + top-p + seeded draw."""
@@ -312,6 +347,10 @@ class LlamaCppEngine:
         self.L.llama_sampler_free(slot.sampler)
         self.L.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
         del self.busy[slot.seq]
+        holders = self._prompt_holders.get(_group_key(job), set())
+        holders.discard(slot.seq)
+        if not holders:
+            self._prompt_holders.pop(_group_key(job), None)
         job.done.set()
 
     @staticmethod

@@ -54,11 +54,22 @@ def outcome_lines(states: Iterable) -> list[str]:
         rest = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items(), key=lambda kv: -kv[1]) if k != "passed")
         passed = statuses.get("passed", 0)
         lines.append(f"execution: {passed}/{total} samples passed ({100 * passed / total:.1f}%)" + (f"; {rest}" if rest else ""))
+    lines += repair_lines(by_name.get("repair", {}).get("stats") or {})
     for label, by_model in score_rows(normalize(by_name.get("evaluate", {}).get("results"))):
         shown = "  ".join(f"{model} {100 * (r.get('pass@1') or 0):.1f}% ({r.get('passed')}/{r.get('total')})"
                           for model, r in by_model.items())
         lines.append(f"{label} pass@1: {shown}")
     return lines
+
+
+def repair_lines(stats: dict) -> list[str]:
+    """The repair rounds' outcome: instructions rescued of those no sample solved, per round (none without rounds)."""
+    rounds = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in stats.items() if k.startswith("rescued_round_"))
+    if not rounds:
+        return []
+    per_round = ", ".join(f"round {r}: {n}" for r, n in rounds)
+    return [f"repair: {stats.get('rescued', 0)} of {stats.get('instructions_unsolved', 0)} unsolved instructions "
+            f"rescued ({per_round}; {stats.get('repair_attempts', 0)} attempts)"]
 
 
 def run_summary(states: Iterable) -> str:
