@@ -11,6 +11,8 @@ the wall time, tokens/s, and the ratio.
 
     python benchmarks/llamacpp_kv.py                       # Qwen2.5-Coder-0.5B-Instruct, 16 sequences x 384 tokens
     python benchmarks/llamacpp_kv.py --model tiny          # the tiny random GGUF of the tests (seconds)
+    python benchmarks/llamacpp_kv.py --compare attention   # ours (plain attention, 8-bit K cache) vs
+                                                           # llama.cpp's default (flash attention, f16 K)
 
 The answers are sampled (temperature 0.7, seeded), so both ways generate
 tokens of the same kind; each sequence stops at ``--max-tokens`` or at the
@@ -70,7 +72,7 @@ def decode(engine: LlamaCppEngine, prompts: list[list[int]], max_tokens: int) ->
 
 
 def main() -> None:
-    """Run both layouts on the same workload, alternating, and print the comparison."""
+    """Run both variants on the same workload, alternating, and print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen", help="'qwen', 'tiny' or a .gguf path")
     ap.add_argument("--sequences", type=int, default=16, help="sequences decoded together (slots)")
@@ -78,27 +80,39 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=384)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="alternations of the two layouts")
+    ap.add_argument("--compare", choices=["kv", "attention"], default="kv",
+                    help="kv: a KV stream per sequence vs one shared stream; attention: plain attention over an "
+                         "8-bit K cache vs flash attention over f16 (both with a stream per sequence)")
     args = ap.parse_args()
+    variants = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
         path = model_path(args.model, Path(tmp))
-        totals = {True: [0.0, 0], False: [0.0, 0]}
+        totals = {label: [0.0, 0] for label, _ in variants}
         for _ in range(args.rounds):
-            for shared in (True, False):
+            for label, options in variants:
                 engine = LlamaCppEngine(path, threads=args.threads, slots=args.sequences, ctx_per_slot=2048,
-                                        shared_kv=shared).start()
+                                        **options).start()
                 try:
                     seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
                                              args.max_tokens)
                 finally:
                     engine.stop()
-                totals[shared][0] += seconds
-                totals[shared][1] += tokens
-    print(f"{'KV layout':<28} {'wall':>8} {'tokens':>8} {'tokens/s':>9}")
-    for shared, label in ((True, "one stream, all slots"), (False, "a stream per sequence (ours)")):
-        seconds, tokens = totals[shared]
-        print(f"{label:<28} {seconds:>7.1f}s {tokens:>8} {tokens / seconds:>9.1f}")
-    ours, theirs = (totals[False][1] / totals[False][0]), (totals[True][1] / totals[True][0])
-    print(f"per-sequence / shared tokens/s: {ours / theirs:.2f}x")
+                totals[label][0] += seconds
+                totals[label][1] += tokens
+    print(f"{args.compare:<34} {'wall':>8} {'tokens':>8} {'tokens/s':>9}")
+    for label, _ in variants:
+        seconds, tokens = totals[label]
+        print(f"{label:<34} {seconds:>7.1f}s {tokens:>8} {tokens / seconds:>9.1f}")
+    (theirs, _), (ours, _) = variants
+    ratio = (totals[ours][1] / totals[ours][0]) / (totals[theirs][1] / totals[theirs][0])
+    print(f"ours / baseline tokens/s: {ratio:.2f}x")
+
+
+COMPARISONS = {
+    "kv": [("one stream, all slots", {"shared_kv": True}), ("a stream per sequence (ours)", {})],
+    "attention": [("flash attention, f16 K", {"fast_attention": False}),
+                  ("plain attention, 8-bit K (ours)", {})],
+}
 
 
 if __name__ == "__main__":
