@@ -27,13 +27,13 @@ def test_recipes_in_configs_validate():
     demo = load_config(REPO / "configs/demo.yaml", MODEL)
     assert demo.stages.seeds.source.kind == "stdlib"
     assert (demo.model.backend, demo.model.model) == ("llamacpp", "qwen2.5-coder-0.5b-instruct-gguf")
-    evaluated = demo.stages.evaluate.entries()  # both models on transformers, though generation ran on llama.cpp
-    assert [(e.model, e.settings["backend"], e.prompt_format) for e in evaluated] == [
-        ("base", "transformers", "completion"), ("finetuned", "transformers", "completion")]
+    evaluated = demo.stages.evaluate.entries()  # both models on llama.cpp, the base from an 8-bit export as the fine-tune
+    assert [(e.model, e.settings.get("backend", "llamacpp"), e.settings.get("gguf_weights"), e.prompt_format)
+            for e in evaluated] == [("base", "llamacpp", "q8_0", "completion"), ("finetuned", "llamacpp", None, "completion")]
     gemma = load_config(REPO / "configs/demo-gemma-base.yaml", MODEL)
     assert (gemma.model.backend, gemma.model.model) == ("transformers", "gemma3-270m-gguf")
     mini = load_config(REPO / "configs/mini-repro.yaml", MODEL)
-    assert mini.stages.evaluate.limit is None and mini.stages.responses.n == 5
+    assert mini.stages.evaluate.limit is None and mini.stages.responses.n == 3
     paper = load_config(REPO / "configs/selfcodealign-sc2-15b.yaml", MODEL)
     assert paper.model.backend == "vllm" and paper.model.model == "bigcode/starcoder2-15b"
     assert paper.stages.seeds.source.dataset == "bigcode/the-stack-dedup"
