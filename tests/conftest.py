@@ -111,3 +111,14 @@ def sigkill_after_parts(args: list[str], store, parts: int = 1, timeout: float =
     proc.wait()
     assert not store.manifest_path.exists()
     return len(store.part_paths())
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test stops with Ctrl-C: SIGINT back to its default action.
+
+    A test run started as a background job of a non-interactive shell (``cmd &``) ignores SIGINT, children
+    inherit that, and Python then installs no KeyboardInterrupt handler: the signal would do nothing.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

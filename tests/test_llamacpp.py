@@ -25,7 +25,7 @@ from pipeline.llm.llamacpp_backend import pick_threads
 from pipeline.llm.llamacpp_engine import cpu_has_amx, use_repacking
 from pipeline.llm.server_process import ManagedServer, process_start_time, reap_orphans
 from pipeline.llm.split_gguf import Part, SplitGGUF, assemble
-from tests.conftest import REPO, require_installed
+from tests.conftest import REPO, default_sigint, require_installed
 from tests.gguf_fixtures import tiny_gguf  # noqa: F401 - fixture
 
 QWEN = "qwen2.5-coder-0.5b-instruct-gguf"
@@ -316,7 +316,7 @@ def _start_run(tmp_path: Path, recipe: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "run_pipeline.py"), "--config", str(recipe), "--stage", "concepts",
          "--input", str(tmp_path / "seeds.jsonl")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint,
     )
 
 

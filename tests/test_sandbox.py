@@ -19,7 +19,7 @@ from sandbox import image as image_module
 from sandbox.container import LABEL, LABEL_RUN, owner_labels
 from sandbox.engine import connect
 from sandbox.pool import remove_stale_containers
-from tests.conftest import require_installed
+from tests.conftest import default_sigint, require_installed
 
 pytestmark = pytest.mark.docker
 
@@ -482,7 +482,7 @@ def test_signals_remove_the_containers(sandbox_image, how):
 
     client = connect()
     proc = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT.format(repo=str(REPO), image=sandbox_image)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     run_id = proc.stdout.readline().strip()
     assert run_id, proc.stderr.read()
     assert client.containers.list(filters={"label": f"{LABEL_RUN}={run_id}"})
