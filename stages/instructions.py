@@ -113,7 +113,7 @@ class InstructionsStage(GenerationStage):
 
     name = "instructions"
     title = "An instruction written from each seed's concepts (C->I)"
-    version = "2"  # chat prompts ask in plain words; code-first answers dropped
+    version = "3"  # chat prompts ask in plain words; code-first answers dropped
     upstream = "concepts"
     Config = InstructionsConfig
     task = InstructionTask()

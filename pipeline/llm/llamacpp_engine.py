@@ -131,7 +131,7 @@ class LlamaCppEngine:
         # one KV stream per sequence: attention then reads a sequence's own cells, not every slot's (in one shared
         # stream a decode step attends over all of them, masked, which doubled the cost of long answers here);
         # a prompt decoded once is still copied to its sibling sequences, stream to stream
-        # (``shared_kv=True`` keeps the single shared stream, for comparison: benchmarks/generation.py --kv)
+        # (``shared_kv=True`` keeps the single shared stream, for comparison: benchmarks/llamacpp_kv.py)
         cparams.kv_unified = shared_kv
         if fast_attention:
             # plain attention over an 8-bit K cache (V stays f16): on this 2-core CPU, 16 sequences of ~500-token
@@ -149,7 +149,6 @@ class LlamaCppEngine:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
         self.stats = {"steps": 0, "generated_tokens": 0, "prompt_tokens": 0, "prompt_tokens_reused": 0}
-        self._prompt_holders: dict[int, set[int]] = {}  # request -> its running sequences (they hold its prompt)
 
     # -- text <-> tokens ---------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -249,14 +248,14 @@ class LlamaCppEngine:
             return
         for seq in seqs:
             L.llama_memory_seq_rm(self.memory, seq, -1, -1)
-        holders = self._prompt_holders.get(_group_key(jobs[0]))
-        if holders:
-            last_indices = self._copy_prompt(next(iter(holders)), tokens, seqs)
+        group = _group_key(jobs[0])
+        sibling = next((s.seq for s in self.busy.values() if _group_key(s.job) == group), None)
+        if sibling is not None:
+            last_indices = self._copy_prompt(sibling, tokens, seqs)
         else:
             last_indices = [self._decode_prompt(tokens, seqs[0])] * len(seqs)
             for seq in seqs[1:]:
                 L.llama_memory_seq_cp(self.memory, seqs[0], seq, -1, -1)
-        self._prompt_holders.setdefault(_group_key(jobs[0]), set()).update(seqs)
         for job, seq, index in zip(jobs, seqs, last_indices):
             slot = _Slot(seq=seq, job=job, sampler=self._sampler(job), pos=len(tokens))
             self.busy[seq] = slot
@@ -353,10 +352,6 @@ class LlamaCppEngine:
         self.L.llama_sampler_free(slot.sampler)
         self.L.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
         del self.busy[slot.seq]
-        holders = self._prompt_holders.get(_group_key(job), set())
-        holders.discard(slot.seq)
-        if not holders:
-            self._prompt_holders.pop(_group_key(job), None)
         job.done.set()
 
     @staticmethod
