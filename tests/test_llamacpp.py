@@ -240,6 +240,31 @@ def test_a_sequence_admitted_late_copies_its_prompt_from_a_running_sibling(tiny_
     assert engine.stats["prompt_tokens_reused"] == len(prompt)  # the fourth copied it
 
 
+def test_a_sequence_moved_to_a_lower_stream_continues_as_it_would_have(tiny_gguf):  # noqa: F811 - fixture
+    """Three prompts on three slots, the first short: when it ends and nothing waits, the last sequence moves into
+    the freed first stream (busy streams consecutive: one pass over the weights a step) and, greedy, writes what it
+    writes when it runs alone."""
+    require("llama_cpp", "llama-cpp-python")
+    from pipeline.llm.llamacpp_engine import LlamaCppEngine, SequenceJob
+
+    def run(prompts: list[str], limits: list[int]) -> tuple[list[SequenceJob], dict]:
+        engine = LlamaCppEngine(str(tiny_gguf), threads=1, slots=3, ctx_per_slot=256).start()
+        try:
+            jobs = [SequenceJob(tokens=engine.tokenize(p), max_tokens=n) for p, n in zip(prompts, limits)]
+            engine.submit(jobs)
+            for job in jobs:
+                assert job.done.wait(60) and job.error is None
+        finally:
+            engine.stop()
+        return jobs, engine.stats
+
+    prompts = ["def add(a, b):\n", "class Stack:\n", "import os\n"]
+    together, stats = run(prompts, [2, 16, 16])
+    assert stats["moves"] >= 1
+    [alone], _ = run(prompts[2:], [16])
+    assert together[2].text == alone.text
+
+
 def test_stop_strings_cut_the_text_and_count_as_stop(tiny_llamacpp):
     [[free]] = tiny_llamacpp.generate(["def f(x):\n"], SamplingParams(max_tokens=40))
     stop = free.text[10:13]

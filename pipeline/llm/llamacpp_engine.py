@@ -15,6 +15,13 @@ dominates).
   running, decoding only the prompt's last token again. Each
   sequence has a KV stream of its own (``ctx_per_slot`` cells), so a decode
   step attends over each sequence's own cells rather than over every slot's.
+* llama.cpp decodes a batch that spans several KV streams in runs of
+  consecutive stream ids, one pass over the weights per run. So each step
+  lists its sequences in stream order, a freed stream goes to the next job
+  (lowest first), and when no job waits the highest sequences move down into
+  free streams (:meth:`LlamaCppEngine._compact`). In the demo's responses
+  stage (16 slots, 4 samples a prompt, continuous admission) steps in
+  admission order ran at about 35 tokens/s; in stream order, 56-59.
 * Sampling per sequence, with the meaning the other backends give it:
   temperature 0 is greedy; otherwise temperature, then top-p, then a draw
   from a generator seeded with ``seed + i`` for the i-th completion (random
@@ -148,7 +155,7 @@ class LlamaCppEngine:
         self.busy: dict[int, _Slot] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
-        self.stats = {"steps": 0, "generated_tokens": 0, "prompt_tokens": 0, "prompt_tokens_reused": 0}
+        self.stats = {"steps": 0, "generated_tokens": 0, "prompt_tokens": 0, "prompt_tokens_reused": 0, "moves": 0}
 
     # -- text <-> tokens ---------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -201,6 +208,8 @@ class LlamaCppEngine:
         while not self._stopping.is_set():
             try:
                 self._admit()
+                if self.queue.empty():
+                    self._compact()
                 if not self.busy:
                     time.sleep(0.005)
                     continue
@@ -228,6 +237,28 @@ class LlamaCppEngine:
         for jobs in groups.values():
             seqs = [free.pop(0) for _ in jobs]
             self._start_sequences(jobs, seqs)
+
+    def _compact(self) -> None:
+        """Move the highest busy sequences down into free streams below them, so the busy streams are consecutive.
+
+        llama.cpp decodes a batch over separate KV streams in runs of consecutive stream ids (one pass over the
+        weights per run), so busy sequences 0-4 and 6-15 cost two passes a step, and the few sequences left at
+        the end of a workload, scattered, cost one pass each. A move copies the stream (a few tens of MB, once)
+        and frees the old one. Called when no job is waiting (a waiting job fills the lowest free stream).
+        """
+        L = self.L
+        while self.busy:
+            top = max(self.busy)
+            free = next((s for s in range(top) if s not in self.busy), None)
+            if free is None:
+                return
+            slot = self.busy.pop(top)
+            L.llama_memory_seq_rm(self.memory, free, -1, -1)
+            L.llama_memory_seq_cp(self.memory, top, free, -1, -1)
+            L.llama_memory_seq_rm(self.memory, top, -1, -1)
+            slot.seq = free
+            self.busy[free] = slot
+            self.stats["moves"] += 1
 
     def _start_sequences(self, jobs: list[SequenceJob], seqs: list[int]) -> None:
         """Put the shared prompt into the new sequences, sample each first token.
@@ -312,9 +343,9 @@ class LlamaCppEngine:
         b.n_tokens = len(entries)
 
     def _step(self) -> None:
-        """Decode one token for every busy sequence and sample the next."""
+        """Decode one token for every busy sequence (in stream order: see the module docstring) and sample the next."""
         L = self.L
-        slots = list(self.busy.values())
+        slots = [self.busy[seq] for seq in sorted(self.busy)]
         self._fill_batch([(s.last_token, s.pos, s.seq, True) for s in slots])
         if L.llama_decode(self.ctx, self.batch) != 0:
             raise RuntimeError("llama_decode failed (KV cache full?)")
