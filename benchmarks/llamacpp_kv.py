@@ -1,4 +1,4 @@
-"""Benchmark: the llama.cpp engine with one KV stream per sequence (ours) vs one stream shared by all slots.
+"""Benchmark: the llama.cpp engine's KV layout, attention and step order, ours vs the alternative, side by side.
 
 With one shared stream (llama.cpp's ``kv_unified``), every decode step
 attends over the cells of every busy slot, masked; with a stream per
@@ -13,6 +13,15 @@ the wall time, tokens/s, and the ratio.
     python benchmarks/llamacpp_kv.py --model tiny          # the tiny random GGUF of the tests (seconds)
     python benchmarks/llamacpp_kv.py --compare attention   # ours (plain attention, 8-bit K cache) vs
                                                            # llama.cpp's default (flash attention, f16 K)
+    python benchmarks/llamacpp_kv.py --compare order       # steps in stream order, sequences moved down
+                                                           # (ours) vs steps in admission order
+
+``--compare order`` runs the responses stage's shape: ``--samples`` answers
+per prompt (one request each, sharing the prompt), more sequences than slots
+(a freed slot takes the next one), answers of different lengths. llama.cpp
+decodes a batch over separate KV streams in runs of consecutive stream ids,
+one pass over the weights per run, so the order of a step's sequences
+matters once slots free and refill out of order.
 
 The answers are sampled (temperature 0.7, seeded), so both ways generate
 tokens of the same kind; each sequence stops at ``--max-tokens`` or at the
@@ -60,10 +69,19 @@ def workload(engine: LlamaCppEngine, count: int, prompt_chars: int) -> list[list
     return prompts
 
 
-def decode(engine: LlamaCppEngine, prompts: list[list[int]], max_tokens: int) -> tuple[float, int]:
-    """Generate one answer per prompt, all at once; returns seconds and tokens generated."""
-    jobs = [SequenceJob(tokens=p, max_tokens=max_tokens, temperature=0.7, top_p=0.95, seed=i)
-            for i, p in enumerate(prompts)]
+def decode(engine: LlamaCppEngine, prompts: list[list[int]], max_tokens: int, samples: int = 1,
+           spread: bool = False) -> tuple[float, int]:
+    """Generate ``samples`` answers per prompt, all queued at once; returns seconds and tokens generated.
+
+    With ``spread``, answers' limits run from half ``max_tokens`` to all of it (different lengths, as in a stage).
+    """
+    jobs = []
+    for i, p in enumerate(prompts):
+        request = object()
+        for _ in range(samples):
+            n = len(jobs)
+            limit = max_tokens // 2 + (n * 37) % (max_tokens // 2 + 1) if spread else max_tokens
+            jobs.append(SequenceJob(tokens=p, max_tokens=limit, temperature=0.7, top_p=0.95, seed=n, group=request))
     started = time.perf_counter()
     engine.submit(jobs)
     for job in jobs:
@@ -80,9 +98,11 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=384)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="alternations of the two layouts")
-    ap.add_argument("--compare", choices=["kv", "attention"], default="kv",
+    ap.add_argument("--samples", type=int, default=4, help="with --compare order: answers per prompt")
+    ap.add_argument("--compare", choices=list(COMPARISONS), default="kv",
                     help="kv: a KV stream per sequence vs one shared stream; attention: plain attention over an "
-                         "8-bit K cache vs flash attention over f16 (both with a stream per sequence)")
+                         "8-bit K cache vs flash attention over f16 (both with a stream per sequence); order: "
+                         "steps in stream order vs admission order, on --samples answers per prompt")
     args = ap.parse_args()
     variants = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,11 +110,17 @@ def main() -> None:
         totals = {label: [0.0, 0] for label, _ in variants}
         for _ in range(args.rounds):
             for label, options in variants:
-                engine = LlamaCppEngine(path, threads=args.threads, slots=args.sequences, ctx_per_slot=2048,
-                                        **options).start()
+                options = dict(options)
+                engine_class = options.pop("engine", LlamaCppEngine)
+                engine = engine_class(path, threads=args.threads, slots=args.sequences, ctx_per_slot=2048,
+                                      **options).start()
                 try:
-                    seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
-                                             args.max_tokens)
+                    if args.compare == "order":
+                        seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
+                                                 args.max_tokens, samples=args.samples, spread=True)
+                    else:
+                        seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
+                                                 args.max_tokens)
                 finally:
                     engine.stop()
                 totals[label][0] += seconds
@@ -108,10 +134,23 @@ def main() -> None:
     print(f"ours / baseline tokens/s: {ratio:.2f}x")
 
 
+class AdmissionOrderEngine(LlamaCppEngine):
+    """The engine as it was: a step decodes its sequences in the order they were admitted, none ever moves."""
+
+    def _step_order(self):
+        """Busy sequences in admission order (a refilled slot goes last)."""
+        return list(self.busy.values())
+
+    def _compact(self) -> None:
+        """Never move a sequence."""
+
+
 COMPARISONS = {
     "kv": [("one stream, all slots", {"shared_kv": True}), ("a stream per sequence (ours)", {})],
     "attention": [("flash attention, f16 K", {"fast_attention": False}),
                   ("plain attention, 8-bit K (ours)", {})],
+    "order": [("admission order", {"engine": AdmissionOrderEngine}),
+              ("stream order, moved down (ours)", {})],
 }
 
 

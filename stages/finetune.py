@@ -80,9 +80,13 @@ class FinetuneStage(WholeStage):
     }
 
     def __init__(self, config, pipeline_config):
-        """Keep the ``hub`` section too: the model can be pushed to the Hub."""
+        """Keep the ``hub`` section too: the model can be pushed to the Hub; the title names the objective."""
         super().__init__(config, pipeline_config)
         self.hub_config = getattr(pipeline_config, "hub", None)
+        if self.config.preference:
+            self.title = "Preference tuning (DPO) on chosen/rejected answer pairs"
+        elif self.config.reinforced:
+            self.title = "Reinforcement learning (GRPO) with the sandbox's test results as the reward"
 
     # -- what it trains on -------------------------------------------------------
     def reads_from(self) -> str | None:

@@ -44,6 +44,7 @@ def test_dpo_trains_on_the_preference_pairs_of_the_work_dir(tmp_path, tiny_model
 
     assert manifest["input"]["kind"] == "upstream" and manifest["input"]["digest"] == pairs["output_digest"]
     assert manifest["rows_in"] == 6 == manifest["rows_out"]
+    assert manifest["title"].startswith("Preference tuning (DPO)")
     training = manifest["training"]
     assert training["objective"] == "dpo" and training["global_step"] == 3
     assert math.isfinite(manifest["stats"]["mean_loss"]) and training["fit_estimate"]["needed_gib"] > 0

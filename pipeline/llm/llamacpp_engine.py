@@ -342,10 +342,14 @@ class LlamaCppEngine:
             b.seq_id[i][0] = seq
         b.n_tokens = len(entries)
 
+    def _step_order(self) -> list[_Slot]:
+        """The busy sequences in the order a step decodes them: by stream id."""
+        return [self.busy[seq] for seq in sorted(self.busy)]
+
     def _step(self) -> None:
         """Decode one token for every busy sequence (in stream order: see the module docstring) and sample the next."""
         L = self.L
-        slots = [self.busy[seq] for seq in sorted(self.busy)]
+        slots = self._step_order()
         self._fill_batch([(s.last_token, s.pos, s.seq, True) for s in slots])
         if L.llama_decode(self.ctx, self.batch) != 0:
             raise RuntimeError("llama_decode failed (KV cache full?)")
