@@ -115,12 +115,10 @@ def main() -> None:
                 engine = engine_class(path, threads=args.threads, slots=args.sequences, ctx_per_slot=2048,
                                       **options).start()
                 try:
-                    if args.compare == "order":
-                        seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
-                                                 args.max_tokens, samples=args.samples, spread=True)
-                    else:
-                        seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
-                                                 args.max_tokens)
+                    stage_shape = args.compare == "order"
+                    seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
+                                             args.max_tokens, samples=args.samples if stage_shape else 1,
+                                             spread=stage_shape)
                 finally:
                     engine.stop()
                 totals[label][0] += seconds
