@@ -10,6 +10,20 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 say() { printf '\n==> %s\n' "$*"; }
 
+# A fresh set-up writes about 4 GB (the virtualenv 3.0 GB, Debian packages, the
+# sandbox image, pip's build of llama.cpp); stop at once with the reason rather
+# than midway with pip's "No space left on device".
+NEED_MB="${SETUP_NEED_MB:-4500}"
+if [ ! -x "$VENV/bin/python" ]; then
+  for dir in . "${TMPDIR:-/tmp}"; do
+    free_mb=$(df -Pm "$dir" | awk 'NR==2 {print $4}')
+    if [ -n "$free_mb" ] && [ "$free_mb" -lt "$NEED_MB" ]; then
+      echo "error: $(cd "$dir" && pwd) has ${free_mb} MB free; a fresh set-up needs about ${NEED_MB} MB (SETUP_NEED_MB overrides)" >&2
+      exit 1
+    fi
+  done
+fi
+
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)

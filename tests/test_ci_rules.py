@@ -59,3 +59,14 @@ def test_ci_sets_ci_and_pytest_has_a_timeout():
     options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert int(options["timeout"]) > 0
     import pytest_timeout  # noqa: F401 - the plugin that reads it (the dev extra)
+
+
+def test_setup_stops_at_once_when_the_disk_is_too_full_for_a_fresh_install(tmp_path):
+    venv = tmp_path / "no-venv-yet"
+    env = {**os.environ, "VENV": str(venv), "SETUP_NEED_MB": str(10**12)}  # more than any disk has free
+    done = subprocess.run(["bash", str(REPO / "scripts/setup.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {REPO} has ")
+    assert "a fresh set-up needs about 1000000000000 MB (SETUP_NEED_MB overrides)" in done.stderr
+    assert "==>" not in done.stdout and not venv.exists()  # nothing installed, nothing created
