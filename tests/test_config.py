@@ -27,9 +27,10 @@ def test_recipes_in_configs_validate():
     demo = load_config(REPO / "configs/demo.yaml", MODEL)
     assert demo.stages.seeds.source.kind == "stdlib"
     assert (demo.model.backend, demo.model.model) == ("llamacpp", "qwen2.5-coder-0.5b-instruct-gguf")
-    evaluated = demo.stages.evaluate.entries()  # both models on llama.cpp, the base from an 8-bit export as the fine-tune
+    assert demo.model.gguf_weights == "q8_0"  # generation and both evaluated models from 8-bit exports
+    evaluated = demo.stages.evaluate.entries()
     assert [(e.model, e.settings.get("backend", "llamacpp"), e.settings.get("gguf_weights"), e.prompt_format)
-            for e in evaluated] == [("base", "llamacpp", "q8_0", "completion"), ("finetuned", "llamacpp", None, "completion")]
+            for e in evaluated] == [("base", "llamacpp", None, "completion"), ("finetuned", "llamacpp", None, "completion")]
     gemma = load_config(REPO / "configs/demo-gemma-base.yaml", MODEL)
     assert (gemma.model.backend, gemma.model.model) == ("transformers", "gemma3-270m-gguf")
     mini = load_config(REPO / "configs/mini-repro.yaml", MODEL)

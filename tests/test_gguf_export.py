@@ -90,38 +90,6 @@ def test_a_q8_0_export_stays_within_rounding(tiny_dir, tiny_gguf, tmp_path):  # 
         assert np.abs(values - original[t.name]).max() <= scale / 127 + 1e-6, t.name
 
 
-def test_a_q4_0_export_stays_within_its_rounding_and_llama_cpp_serves_it(tiny_dir, tiny_gguf, tmp_path,
-                                                                          monkeypatch):  # noqa: F811 - fixture
-    import gguf
-
-    out = export_gguf(tiny_dir, tiny_gguf, tmp_path / "q4.gguf", "q4_0")
-    original = _tensors(tiny_gguf)
-    assert _fields(out)["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_0)
-    reader = gguf.GGUFReader(str(out))
-    kinds = {t.name: t.tensor_type for t in reader.tensors}
-    assert kinds["blk.0.ffn_up.weight"] == gguf.GGMLQuantizationType.Q4_0
-    assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
-    coarser = 0
-    for t in reader.tensors:
-        values = gguf.quants.dequantize(t.data, t.tensor_type).reshape(original[t.name].shape)
-        error, scale = np.abs(values - original[t.name]).max(), np.abs(original[t.name]).max()
-        assert error <= scale / 8 + 1e-6, t.name  # 16 levels per block of 32, the block's extreme mapped to -8
-        coarser += t.tensor_type == gguf.GGMLQuantizationType.Q4_0 and error > scale / 127
-    assert coarser > 0  # 4 bits are coarser than the 8-bit export's bound: the type really changed
-
-    require("llama_cpp", "llama-cpp-python")
-    monkeypatch.setenv("SELFCODEALIGN_CACHE", str(tmp_path / "cache"))
-    backend = create_backend(LLMConfig(backend="llamacpp", model=str(tiny_gguf), gguf_weights="q4_0", threads=1,
-                                       parallel=1, ctx_per_slot=128, show_progress=False,
-                                       cache_dir=str(tmp_path / "models")))
-    try:
-        [[answer]] = backend.generate(["def add(a, b):\n"], SamplingParams(max_tokens=8))
-    finally:
-        backend.close()
-    assert answer.finish_reason in ("stop", "length")
-    assert list((tmp_path / "models" / "gguf-exports").glob("*-q4_0-*.gguf"))
-
-
 def test_a_model_of_another_shape_is_refused_in_one_line(tiny_dir, tiny_gguf, tmp_path):  # noqa: F811 - fixture
     grown = tmp_path / "grown"
     shutil.copytree(tiny_dir, grown)

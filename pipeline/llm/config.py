@@ -110,12 +110,11 @@ class LLMConfig(BaseModel):
         description="Sequences decoded together, continuous batching (llamacpp); also the requests kept in flight.",
     )
     ctx_per_slot: int = Field(default=4096, ge=64, description="Context length of each sequence: prompt plus answer (llamacpp).")
-    gguf_weights: Literal["keep", "q8_0", "q4_0", "f16", "f32"] = Field(
+    gguf_weights: Literal["keep", "q8_0", "f16", "f32"] = Field(
         default="keep",
         description="What llama.cpp serves (llamacpp). keep: a .gguf file as it is, a model directory exported "
-        "at q8_0; q8_0/q4_0/f16/f32: the weights exported at that type (a .gguf file de-quantized first), so "
-        "models served at the same type compare fairly. q4_0 is the fastest on a CPU, q8_0 the closest to the "
-        "float32 weights (docs/results.md measures both).",
+        "at q8_0; q8_0/f16/f32: the weights exported at that type (a .gguf file de-quantized first), so models "
+        "served at the same type compare fairly.",
     )
     gguf_template: str | None = Field(
         default=None,

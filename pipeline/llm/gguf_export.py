@@ -12,10 +12,8 @@ GGUF, read the other way), in the order the template lists them:
 
 * one-dimensional tensors (norms, biases) in float32;
 * matrices in the chosen type: ``q8_0`` (8-bit blocks of 32, close to lossless,
-  half the size of float16), ``q4_0`` (4-bit blocks of 32: the fastest type on
-  a CPU, which llama.cpp repacks for its AVX2/AVX-512 matrix kernels, at a cost
-  in accuracy), ``f16`` or ``f32``. A matrix whose rows do not split into
-  blocks of 32 stays in float16.
+  half the size of float16), ``f16`` or ``f32``. A matrix whose rows do not
+  split into blocks of 32 stays in float16.
 
 Architectures: ``qwen2`` (tensors as transformers holds them) and ``llama``
 (llama.cpp stores the query and key projections with their rotary halves
@@ -42,7 +40,7 @@ from pipeline.llm.base import BackendError
 
 log = logging.getLogger(__name__)
 
-GGUFType = Literal["q8_0", "q4_0", "f16", "f32"]
+GGUFType = Literal["q8_0", "f16", "f32"]
 SUPPORTED_ARCHS = ("qwen2", "llama")
 SOURCE_RECORD = "gguf_source.json"
 """A file in a model directory naming the GGUF it came from (written by the conversion and kept by fine-tunes)."""
@@ -114,8 +112,8 @@ def export_gguf(model_dir: str | Path, template: str | Path, out_path: str | Pat
     by_gguf_name = _gguf_names(state, arch, config["num_hidden_layers"])
     writer = gguf.GGUFWriter(str(out_path), arch)
     _copy_metadata(reader, writer, Path(model_dir))
-    writer.add_file_type({"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-                          "f16": gguf.LlamaFileType.MOSTLY_F16, "f32": gguf.LlamaFileType.ALL_F32}[weights])
+    writer.add_file_type({"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "f32": gguf.LlamaFileType.ALL_F32}[weights])
     for tensor in reader.tensors:
         if tensor.name not in by_gguf_name:
             raise BackendError(f"cannot export {model_dir} to GGUF: no weight for the template's tensor {tensor.name}")
@@ -225,9 +223,8 @@ def _add_tensor(writer, name: str, data: np.ndarray, weights: GGUFType) -> None:
 
     if data.ndim == 1 or weights == "f32":
         writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
-    elif weights in ("q8_0", "q4_0") and data.shape[-1] % 32 == 0:
-        kind = gguf.GGMLQuantizationType.Q8_0 if weights == "q8_0" else gguf.GGMLQuantizationType.Q4_0
-        writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), kind),
-                          raw_dtype=kind)
+    elif weights == "q8_0" and data.shape[-1] % 32 == 0:
+        q = gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
+        writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     else:
         writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float16))
