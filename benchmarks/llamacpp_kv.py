@@ -111,6 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = model_path(args.model, Path(tmp))
         totals = {label: [0.0, 0] for label, _ in variants}
+        stage_shape = args.compare == "order"
         for _ in range(args.rounds):
             for label, options in variants:
                 options = dict(options)
@@ -119,7 +120,6 @@ def main() -> None:
                 engine = engine_class(served, threads=args.threads, slots=args.sequences, ctx_per_slot=2048,
                                       **options).start()
                 try:
-                    stage_shape = args.compare == "order"
                     seconds, tokens = decode(engine, workload(engine, args.sequences, args.prompt_chars),
                                              args.max_tokens, samples=args.samples if stage_shape else 1,
                                              spread=stage_shape)
@@ -138,9 +138,7 @@ def main() -> None:
 
 
 def exported(path: str, weights: str) -> str:
-    """``path`` itself for ``keep``, else its weights exported at ``weights`` (cached, as the backend serves them)."""
-    if weights == "keep":
-        return path
+    """The GGUF the llamacpp backend would serve for ``path`` at ``gguf_weights=weights`` (``keep``: ``path``)."""
     from pipeline.llm.config import LLMConfig
     from pipeline.llm.llamacpp_backend import served_gguf
 
